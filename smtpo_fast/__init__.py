@@ -8,3 +8,4 @@ extension or Triton: ops fall back to their torch reference with one warning (se
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402,F401
+from . import integrations  # noqa: E402,F401

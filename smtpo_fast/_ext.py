@@ -85,6 +85,8 @@ def available(name: str, device: torch.device) -> bool:
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
 
 
+# torch.compile evaluates the choice once while tracing and keeps the name as a constant in the graph.
+@torch.compiler.assume_constant_result
 def select(op: str, device: torch.device, backend: str | None = None) -> str:
     """The backend one call of ``op`` runs on: ``backend`` if given, else ``$SMTPO_BACKEND``, else the fastest."""
     forced = backend or os.environ.get("SMTPO_BACKEND") or None

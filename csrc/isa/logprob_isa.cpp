@@ -21,6 +21,8 @@ namespace {
 
 constexpr int64_t kChunk = 2048;  // 8 KiB of float32: stays in L1 between the max and the exp pass
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Below this many elements, waking the thread pool costs more than the work.
+constexpr int64_t kParallelMin = 1 << 17;
 
 template <int DT>
 static inline void load_scaled(const typename Elem<DT>::T* src, int64_t n, float inv_temp, float* dst) {
@@ -76,7 +78,7 @@ static void fwd_impl(const LogprobFwdArgs& a) {
   using T = typename Elem<DT>::T;
   const T* logits = static_cast<const T*>(a.logits);
   const int64_t rows = a.B * a.T;
-#pragma omp parallel
+#pragma omp parallel if (rows > 1 && rows * a.V >= kParallelMin)
   {
     alignas(64) float buf[kChunk];
 #pragma omp for schedule(static)
@@ -117,7 +119,7 @@ static void bwd_impl(const LogprobBwdArgs& a) {
   const T* logits = static_cast<const T*>(a.logits);
   T* grad = static_cast<T*>(a.grad);
   const int64_t rows = a.B * a.T;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * a.V >= kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / a.T, tt = r % a.T;
     const T* row = logits + b * a.sB + tt * a.sT;

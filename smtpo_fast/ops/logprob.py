@@ -156,13 +156,18 @@ def _backward_triton(logits, labels, lse, entropy, grad_logp, grad_entropy, inv_
 def _forward_torch(logits, labels, inv_temp, ignore_index, with_entropy):
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.to(out_dtype) * inv_temp
-    lse = torch.logsumexp(x, dim=-1)
+    # Shift by the row max before anything else: log p = (x - m) - log sum e^(x - m) keeps float32 accurate
+    # when the logits sit far from 0 (x - lse directly would cancel catastrophically).
+    m = x.amax(dim=-1, keepdim=True)
+    xs = x - m
+    lse_s = torch.logsumexp(xs, dim=-1)
+    lse = lse_s + m.squeeze(-1)
     ignored = labels == ignore_index
-    z = x.gather(-1, labels.masked_fill(ignored, 0).unsqueeze(-1)).squeeze(-1)
-    logp = (z - lse).masked_fill(ignored, 0.0)
+    zs = xs.gather(-1, labels.masked_fill(ignored, 0).unsqueeze(-1)).squeeze(-1)
+    logp = (zs - lse_s).masked_fill(ignored, 0.0)
     if with_entropy:
-        p = torch.exp(x - lse.unsqueeze(-1))
-        logp_all = x - lse.unsqueeze(-1)
+        logp_all = xs - lse_s.unsqueeze(-1)
+        p = logp_all.exp()
         entropy = -(p * torch.where(p > 0, logp_all, torch.zeros_like(logp_all))).sum(-1)
     else:
         entropy = logp.new_empty((0,))
@@ -172,7 +177,9 @@ def _forward_torch(logits, labels, inv_temp, ignore_index, with_entropy):
 def _backward_torch(logits, labels, lse, entropy, grad_logp, grad_entropy, inv_temp, ignore_index):
     work = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.to(work) * inv_temp
-    logp_all = x - lse.to(work).unsqueeze(-1)
+    # (x - m) - (lse - m), for the same reason as in _forward_torch.
+    m = x.amax(dim=-1, keepdim=True).nan_to_num(neginf=0.0)
+    logp_all = (x - m) - (lse.to(work).unsqueeze(-1) - m)
     p = logp_all.exp()
     g = torch.zeros_like(x)
     if grad_logp is not None:
@@ -326,7 +333,8 @@ def token_logprobs(
         raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
     if labels.dtype != torch.int64:
         labels = labels.long()
-    if labels.numel():
+    # A data-dependent check: eager only (under torch.compile it would break the graph).
+    if labels.numel() and not torch.compiler.is_compiling():
         bad = ((labels < 0) | (labels >= V)) & (labels != ignore_index)
         if bool(bad.any()):
             first = labels[bad].flatten()[0].item()
