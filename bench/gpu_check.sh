@@ -24,11 +24,11 @@ SMTPO_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 300 python3 -m pip install -
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
 [ $rc -eq 0 ] || { tail -40 "$out/build.log"; exit 1; }
+# From a folder outside the source tree, so the installed package (with its CUDA module) is the one imported.
+cd /tmp
 python3 -c "import smtpo_fast, json; print(json.dumps(smtpo_fast.ops.backends()))" 2>&1 | tee -a "$out/summary.txt"
 
-# From a folder outside the source tree, so the installed package (with its CUDA module) is the one imported.
 step "CUDA and Triton tests" | tee -a "$out/summary.txt"
-cd /tmp
 timeout 240 python3 -m pytest "$repo/tests" -q -x -p no:cacheprovider -k "cuda or triton or gpu" \
   > "$out/tests.log" 2>&1
 echo "tests rc=$? : $(tail -1 "$out/tests.log")" | tee -a "$out/summary.txt"

@@ -114,7 +114,9 @@ def run(args):
                             holder["x"] = logits.detach().clone().requires_grad_()
 
                         def call(fn=fn, holder=holder):
-                            fn(holder["x"], labels).sum().backward()
+                            # autograd.grad, not .backward(): a leaf's AccumulateGrad would copy a gradient that
+                            # aliases the logits (in-place variants), which real logits (a matmul output) never see.
+                            torch.autograd.grad(fn(holder["x"], labels).sum(), holder["x"])
                         moved = 3 * nbytes  # read for forward, read again + write the gradient in backward
                     try:
                         t = benchlib.time_fn(call, device, reps=args.reps, warmup=1, setup=setup)

@@ -27,22 +27,24 @@ def logprob_fwd_kernel(
     acc_t = tl.zeros([BLOCK], tl.float32)
     for start in range(0, V, BLOCK):
         idx = start + offs
-        z = tl.load(row + idx, mask=idx < V, other=float("-inf")).to(tl.float32) * inv_temp
+        # Base-2 units (z * log2 e): exp2 maps straight onto the hardware's ex2.
+        z = tl.load(row + idx, mask=idx < V, other=float("-inf")).to(tl.float32) * (inv_temp * 1.4426950408889634)
         new_m = tl.maximum(m, tl.max(z, axis=0))
         # Guard -inf - -inf (row all -inf so far) and 0 * -inf (entries at -inf).
         live = new_m > float("-inf")
         rescale = live & (m > float("-inf"))
         d_old = tl.where(rescale, m - new_m, 0.0)
-        alpha = tl.where(rescale, tl.exp(d_old), 0.0)
+        alpha = tl.where(rescale, tl.exp2(d_old), 0.0)
         d = tl.where(live, z - new_m, float("-inf"))
-        e = tl.where(live, tl.exp(d), 0.0)
+        e = tl.where(live, tl.exp2(d), 0.0)
         if HAS_ENTROPY:
             acc_t = alpha * (acc_t + d_old * s) + tl.where(e > 0, e * d, 0.0)
         s = alpha * s + e
         m = new_m
     S = tl.sum(s, axis=0)
-    log_s = tl.log(S)
-    lse = m + log_s
+    # Back to natural units: lse = ln2 (m + log2 S), H = ln2 (log2 S - t / S).
+    log2_s = tl.log2(S)
+    lse = 0.6931471805599453 * (m + log2_s)
     tl.store(lse_ptr + r, lse)
     label = tl.load(labels_ptr + b * lstride_b + t * lstride_t)
     ignored = label == ignore_index
@@ -50,7 +52,7 @@ def logprob_fwd_kernel(
     z_label = tl.load(row + safe).to(tl.float32) * inv_temp
     tl.store(logp_ptr + r, tl.where(ignored, 0.0, z_label - lse))
     if HAS_ENTROPY:
-        tl.store(entropy_ptr + r, log_s - tl.sum(acc_t, axis=0) / S)
+        tl.store(entropy_ptr + r, 0.6931471805599453 * (log2_s - tl.sum(acc_t, axis=0) / S))
 
 
 @triton.jit
