@@ -5,12 +5,8 @@ so it is set here, before any test imports smtpo_fast. On a machine with a GPU t
 """
 
 import os
-import warnings
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-# The interpreter evaluates both sides of tl.where with numpy, which warns on 0 * -inf in the discarded side.
-warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
