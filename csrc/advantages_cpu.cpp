@@ -1,0 +1,192 @@
+// RL math kernels for the CPU: OpenMP over rows, one sequential float64 pass per row (the recursions of GAE and
+// returns run backward in time, so a row is a chain; rows are independent). Group advantages are two passes
+// over B with per-group float64 sums. See csrc/advantages.h for the argument blocks.
+#include <cmath>
+#include <vector>
+
+#include "advantages.h"
+#include "advantages_math.h"
+
+namespace smtpo {
+
+namespace {
+
+template <typename F>
+void scan_rows(const ScanArgs& a) {
+  const F* rewards = static_cast<const F*>(a.rewards);
+  const F* values = static_cast<const F*>(a.values);
+  F* adv = static_cast<F*>(a.advantages);
+  F* ret = static_cast<F*>(a.returns);
+  const int64_t T = a.T;
+  const double gamma = a.gamma, gl = a.gamma * a.lam;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < a.B; ++b) {
+    const F* r = rewards + b * T;
+    const uint8_t* m = a.mask + b * T;
+    F* out_ret = ret + b * T;
+    if (a.kind == 0) {
+      const F* v = values + b * T;
+      F* out_adv = adv + b * T;
+      double next_value = 0.0, running = 0.0;
+      for (int64_t t = T - 1; t >= 0; --t) {
+        if (!m[t]) {
+          out_adv[t] = F(0);
+          out_ret[t] = F(0);
+          continue;
+        }
+        const double vt = double(v[t]);
+        running = double(r[t]) + gamma * next_value - vt + gl * running;
+        next_value = vt;
+        out_adv[t] = F(running);
+        out_ret[t] = F(running + vt);
+      }
+    } else {
+      double running = 0.0;
+      for (int64_t t = T - 1; t >= 0; --t) {
+        if (!m[t]) {
+          out_ret[t] = F(0);
+          continue;
+        }
+        running = double(r[t]) + gamma * running;
+        out_ret[t] = F(running);
+      }
+    }
+  }
+}
+
+template <typename F>
+void group_adv(const GroupAdvArgs& a) {
+  const F* r = static_cast<const F*>(a.rewards);
+  F* out = static_cast<F*>(a.out);
+  std::vector<double> sum(a.G, 0.0), sq(a.G, 0.0);
+  std::vector<int64_t> count(a.G, 0);
+  for (int64_t i = 0; i < a.B; ++i) {
+    sum[a.group[i]] += double(r[i]);
+    ++count[a.group[i]];
+  }
+  // A group of one has mean 0 (verl's convention: its advantage is its reward, scaled by 1 / (1 + eps)).
+  for (int64_t g = 0; g < a.G; ++g) sum[g] = count[g] > 1 ? sum[g] / double(count[g]) : 0.0;  // now the mean
+  const bool rloo = a.kind == 1;
+  if (rloo) {
+    for (int64_t i = 0; i < a.B; ++i) {
+      const int64_t n = count[a.group[i]];
+      const double x = double(r[i]);
+      out[i] = F(n > 1 ? (x - sum[a.group[i]]) * double(n) / double(n - 1) : x);
+    }
+    return;
+  }
+  if (a.scale == 2) {
+    for (int64_t i = 0; i < a.B; ++i) out[i] = F(double(r[i]) - sum[a.group[i]]);
+    return;
+  }
+  double batch_std = 1.0;
+  if (a.scale == 1) {
+    if (a.B > 1) {
+      double mean = 0.0, ss = 0.0;
+      for (int64_t i = 0; i < a.B; ++i) mean += double(r[i]);
+      mean /= double(a.B);
+      for (int64_t i = 0; i < a.B; ++i) ss += (double(r[i]) - mean) * (double(r[i]) - mean);
+      batch_std = std::sqrt(ss / double(a.B - a.ddof));
+    }
+  } else {
+    // Second pass about the mean (not sum of squares minus squared sum): exact zero for zero-variance groups.
+    for (int64_t i = 0; i < a.B; ++i) {
+      const double dx = double(r[i]) - sum[a.group[i]];
+      sq[a.group[i]] += dx * dx;
+    }
+    for (int64_t g = 0; g < a.G; ++g) sq[g] = count[g] > 1 ? std::sqrt(sq[g] / double(count[g] - a.ddof)) : 1.0;
+  }
+  for (int64_t i = 0; i < a.B; ++i) {
+    const double s = a.scale == 1 ? batch_std : sq[a.group[i]];
+    out[i] = F((double(r[i]) - sum[a.group[i]]) / (s + a.eps));
+  }
+}
+
+template <typename F>
+void turn_rewards(const TurnRewardArgs& a) {
+  const F* tr = static_cast<const F*>(a.turn_rewards);
+  F* out = static_cast<F*>(a.out);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < a.B; ++b) {
+    double running = 0.0;
+    for (int64_t k = a.K - 1; k >= 0; --k) {
+      const int64_t end = a.turn_end[b * a.K + k];
+      if (end < 0) continue;
+      running = double(tr[b * a.K + k]) + a.gamma_turn * running;
+      out[b * a.T + end] = F(running);
+    }
+  }
+}
+
+template <typename F>
+void ppo_fwd(const PpoArgs& a) {
+  const F* lp = static_cast<const F*>(a.logp);
+  const F* old = static_cast<const F*>(a.old_logp);
+  const F* adv = static_cast<const F*>(a.advantages);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < a.B; ++b) {
+    double n = 0, loss = 0, clipped = 0, kl = 0, dual = 0;
+    for (int64_t t = b * a.T; t < (b + 1) * a.T; ++t) {
+      if (!a.mask[t]) continue;
+      const PpoToken k = ppo_token(double(lp[t]), double(old[t]), double(adv[t]), a.clip_low, a.clip_high,
+                                   a.dual_clip);
+      n += 1.0;
+      loss += k.loss;
+      clipped += k.clipped ? 1.0 : 0.0;
+      kl += k.neg_log_ratio;
+      dual += k.dual_clipped ? 1.0 : 0.0;
+    }
+    double* s = a.row_stats + b * kPpoStats;
+    s[0] = n; s[1] = loss; s[2] = clipped; s[3] = kl; s[4] = dual;
+  }
+}
+
+template <typename F>
+void ppo_bwd(const PpoArgs& a) {
+  const F* lp = static_cast<const F*>(a.logp);
+  const F* old = static_cast<const F*>(a.old_logp);
+  const F* adv = static_cast<const F*>(a.advantages);
+  F* grad = static_cast<F*>(a.grad);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < a.B; ++b) {
+    const double scale = a.row_scale[b];
+    for (int64_t t = b * a.T; t < (b + 1) * a.T; ++t) {
+      if (!a.mask[t]) {
+        grad[t] = F(0);
+        continue;
+      }
+      const PpoToken k = ppo_token(double(lp[t]), double(old[t]), double(adv[t]), a.clip_low, a.clip_high,
+                                   a.dual_clip);
+      grad[t] = F(scale * k.dloss_dlogp);
+    }
+  }
+}
+
+}  // namespace
+
+void rl_scan_cpu(const ScanArgs& a) {
+  if (a.dtype == kFloat64) scan_rows<double>(a);
+  else scan_rows<float>(a);
+}
+
+void group_advantages_cpu(const GroupAdvArgs& a) {
+  if (a.dtype == kFloat64) group_adv<double>(a);
+  else group_adv<float>(a);
+}
+
+void turn_rewards_cpu(const TurnRewardArgs& a) {
+  if (a.dtype == kFloat64) turn_rewards<double>(a);
+  else turn_rewards<float>(a);
+}
+
+void ppo_loss_fwd_cpu(const PpoArgs& a) {
+  if (a.dtype == kFloat64) ppo_fwd<double>(a);
+  else ppo_fwd<float>(a);
+}
+
+void ppo_loss_bwd_cpu(const PpoArgs& a) {
+  if (a.dtype == kFloat64) ppo_bwd<double>(a);
+  else ppo_bwd<float>(a);
+}
+
+}  // namespace smtpo
