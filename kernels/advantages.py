@@ -107,10 +107,11 @@ def turn_rewards_kernel(tr_ptr, end_ptr, out_ptr, B, K, T, params_ptr, BLOCK_B: 
 def _ppo_token(logp, old, adv, clip_low, clip_high, dual_clip, HAS_DUAL: tl.constexpr):
     # Same conventions as csrc/advantages_math.h (verl's compute_policy_loss).
     raw = logp - old
-    d = tl.minimum(tl.maximum(raw, -20.0), 20.0)
+    # Clamps as selects, not tl.minimum/maximum (which drop NaN): a NaN input must reach the loss.
+    d = tl.where(raw < -20.0, -20.0, tl.where(raw > 20.0, 20.0, raw))
     in_clamp = (raw >= -20.0) & (raw <= 20.0)
     ratio = tl.exp(d)
-    rc = tl.minimum(tl.maximum(ratio, 1.0 - clip_low), 1.0 + clip_high)
+    rc = tl.where(ratio < 1.0 - clip_low, 1.0 - clip_low, tl.where(ratio > 1.0 + clip_high, 1.0 + clip_high, ratio))
     l1 = -adv * ratio
     l2 = -adv * rc
     clipped = l2 > l1

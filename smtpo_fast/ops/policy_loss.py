@@ -342,7 +342,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> 
     * ``"k3"``: ``exp(-d) + d - 1`` with ``-d`` clamped to [-20, 20] and the result to [-10, 10] (verl
       ``"low_var_kl"``, the GRPO paper's KL term).
 
-    Plain torch on every device (elementwise; ``torch.compile`` fuses it); NaN propagates elementwise.
+    Plain torch on every device (elementwise, float64 inside; ``torch.compile`` fuses it); NaN propagates
+    elementwise.
 
     Args:
         logp: ``[...]`` float32 | float64 (bfloat16/float16 widened to float32), current policy log-probs.
@@ -360,10 +361,13 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> 
     if kind not in KL_KINDS:
         raise ValueError(f"kind: expected one of {KL_KINDS}, got {kind!r}")
     dt = _work_dtype(logp, ref_logp)
-    d = logp.to(dt) - ref_logp.detach().to(dt)
+    # float64 inside: k3 = e^x - x - 1 cancels badly in float32 for small x (relative error ~1e-5).
+    d = logp.double() - ref_logp.detach().double()
     if kind == "k1":
-        return d
-    if kind == "k2":
-        return 0.5 * d * d
-    neg = torch.clamp(-d, -20.0, 20.0)
-    return torch.clamp(torch.exp(neg) - neg - 1.0, -10.0, 10.0)
+        out = d
+    elif kind == "k2":
+        out = 0.5 * d * d
+    else:
+        neg = torch.clamp(-d, -20.0, 20.0)
+        out = torch.clamp(torch.exp(neg) - neg - 1.0, -10.0, 10.0)
+    return out.to(dt)
