@@ -47,7 +47,7 @@ struct TurnRewardArgs {
   const void* turn_rewards;   // [B, K]
   const int64_t* turn_end;    // [B, K]
   double gamma_turn;
-  void* out;                  // [B, T], zeroed by the caller
+  void* out;                  // [B, T]: the CPU kernel writes every entry; the CUDA kernel expects it zeroed
 };
 
 // Clipped PPO surrogate (verl's compute_policy_loss): per-token loss and its gradient w.r.t. logp.

@@ -1,6 +1,7 @@
-// RL math kernels for the CPU: OpenMP over rows, one sequential float64 pass per row (the recursions of GAE and
-// returns run backward in time, so a row is a chain; rows are independent). Group advantages are two passes
+// RL math kernels for the CPU: OpenMP over rows (for large enough work), one sequential float64 pass per row (the
+// recursions of GAE and returns run backward in time, so a row is a chain; rows are independent). Group advantages are two passes
 // over B with per-group float64 sums. See csrc/advantages.h for the argument blocks.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -11,46 +12,61 @@ namespace smtpo {
 
 namespace {
 
-template <typename F>
-void scan_rows(const ScanArgs& a) {
-  const F* rewards = static_cast<const F*>(a.rewards);
-  const F* values = static_cast<const F*>(a.values);
-  F* adv = static_cast<F*>(a.advantages);
-  F* ret = static_cast<F*>(a.returns);
+// Parallel regions only for work worth waking threads for: on a busy machine a region costs a scheduler tick.
+constexpr int64_t kParallelWork = int64_t(1) << 21;
+
+// Rows are scanned kLanes at a time in lockstep: each row's recursion is a serial chain of dependent float64 ops,
+// so interleaving independent rows keeps the pipeline full (about 8x a one-row loop). Masked tokens are selects,
+// not branches or multiplications, so a NaN at a masked token cannot leak in.
+constexpr int kLanes = 8;
+
+template <typename F, int kKind>
+void scan_block(const ScanArgs& a, int64_t b0, int64_t nrows) {
   const int64_t T = a.T;
   const double gamma = a.gamma, gl = a.gamma * a.lam;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < a.B; ++b) {
-    const F* r = rewards + b * T;
-    const uint8_t* m = a.mask + b * T;
-    F* out_ret = ret + b * T;
-    if (a.kind == 0) {
-      const F* v = values + b * T;
-      F* out_adv = adv + b * T;
-      double next_value = 0.0, running = 0.0;
-      for (int64_t t = T - 1; t >= 0; --t) {
-        if (!m[t]) {
-          out_adv[t] = F(0);
-          out_ret[t] = F(0);
-          continue;
-        }
-        const double vt = double(v[t]);
-        running = double(r[t]) + gamma * next_value - vt + gl * running;
-        next_value = vt;
-        out_adv[t] = F(running);
-        out_ret[t] = F(running + vt);
-      }
-    } else {
-      double running = 0.0;
-      for (int64_t t = T - 1; t >= 0; --t) {
-        if (!m[t]) {
-          out_ret[t] = F(0);
-          continue;
-        }
-        running = double(r[t]) + gamma * running;
-        out_ret[t] = F(running);
+  const F* r[kLanes];
+  const F* v[kLanes];
+  const uint8_t* m[kLanes];
+  F* adv[kLanes];
+  F* ret[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    // Lanes past the last row redo the last row: same values to the same places, and no branch in the loop.
+    const int64_t b = b0 + (j < nrows ? j : nrows - 1);
+    r[j] = static_cast<const F*>(a.rewards) + b * T;
+    v[j] = kKind == 0 ? static_cast<const F*>(a.values) + b * T : nullptr;
+    m[j] = a.mask + b * T;
+    adv[j] = kKind == 0 ? static_cast<F*>(a.advantages) + b * T : nullptr;
+    ret[j] = static_cast<F*>(a.returns) + b * T;
+  }
+  double running[kLanes] = {}, next_value[kLanes] = {};
+  for (int64_t t = T - 1; t >= 0; --t) {
+#pragma GCC unroll 8
+    for (int j = 0; j < kLanes; ++j) {
+      const bool valid = m[j][t] != 0;
+      const double rt = double(r[j][t]);
+      if (kKind == 0) {
+        const double vt = double(v[j][t]);
+        const double updated = rt + gamma * next_value[j] - vt + gl * running[j];
+        running[j] = valid ? updated : running[j];
+        next_value[j] = valid ? vt : next_value[j];
+        adv[j][t] = valid ? F(running[j]) : F(0);
+        ret[j][t] = valid ? F(running[j] + vt) : F(0);
+      } else {
+        const double updated = rt + gamma * running[j];
+        running[j] = valid ? updated : running[j];
+        ret[j][t] = valid ? F(running[j]) : F(0);
       }
     }
+  }
+}
+
+template <typename F, int kKind>
+void scan_rows(const ScanArgs& a) {
+  const int64_t blocks = (a.B + kLanes - 1) / kLanes;
+#pragma omp parallel for schedule(static) if (a.B * a.T >= kParallelWork)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t b0 = blk * kLanes;
+    scan_block<F, kKind>(a, b0, a.B - b0 < kLanes ? a.B - b0 : kLanes);
   }
 }
 
@@ -106,8 +122,10 @@ template <typename F>
 void turn_rewards(const TurnRewardArgs& a) {
   const F* tr = static_cast<const F*>(a.turn_rewards);
   F* out = static_cast<F*>(a.out);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (a.B * a.T >= kParallelWork)
   for (int64_t b = 0; b < a.B; ++b) {
+    // The output arrives uninitialised: zeroing it here, row by row, saves a separate pass over [B, T].
+    std::fill(out + b * a.T, out + (b + 1) * a.T, F(0));
     double running = 0.0;
     for (int64_t k = a.K - 1; k >= 0; --k) {
       const int64_t end = a.turn_end[b * a.K + k];
@@ -123,7 +141,7 @@ void ppo_fwd(const PpoArgs& a) {
   const F* lp = static_cast<const F*>(a.logp);
   const F* old = static_cast<const F*>(a.old_logp);
   const F* adv = static_cast<const F*>(a.advantages);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (a.B * a.T >= kParallelWork)
   for (int64_t b = 0; b < a.B; ++b) {
     double n = 0, loss = 0, clipped = 0, kl = 0, dual = 0;
     for (int64_t t = b * a.T; t < (b + 1) * a.T; ++t) {
@@ -147,7 +165,7 @@ void ppo_bwd(const PpoArgs& a) {
   const F* old = static_cast<const F*>(a.old_logp);
   const F* adv = static_cast<const F*>(a.advantages);
   F* grad = static_cast<F*>(a.grad);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (a.B * a.T >= kParallelWork)
   for (int64_t b = 0; b < a.B; ++b) {
     const double scale = a.row_scale[b];
     for (int64_t t = b * a.T; t < (b + 1) * a.T; ++t) {
@@ -165,8 +183,13 @@ void ppo_bwd(const PpoArgs& a) {
 }  // namespace
 
 void rl_scan_cpu(const ScanArgs& a) {
-  if (a.dtype == kFloat64) scan_rows<double>(a);
-  else scan_rows<float>(a);
+  if (a.dtype == kFloat64) {
+    if (a.kind == 0) scan_rows<double, 0>(a);
+    else scan_rows<double, 1>(a);
+  } else {
+    if (a.kind == 0) scan_rows<float, 0>(a);
+    else scan_rows<float, 1>(a);
+  }
 }
 
 void group_advantages_cpu(const GroupAdvArgs& a) {

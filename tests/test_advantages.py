@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from smtpo_fast import ops
-from tests.helpers import assert_close, backend_device_pairs
+from helpers import assert_close, backend_device_pairs
 
 PAIRS = backend_device_pairs()
 RTOL = 1e-6  # float32 outputs: every backend accumulates in float64, so only the final rounding differs

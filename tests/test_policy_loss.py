@@ -11,8 +11,8 @@ import torch
 
 from smtpo_fast import ops
 from smtpo_fast.ops.policy_loss import ppo_policy_loss_reference
-from tests.helpers import assert_close, backend_device_pairs
-from tests.test_advantages import f32, n_cases, random_mask, to
+from helpers import assert_close, backend_device_pairs
+from test_advantages import f32, n_cases, random_mask, to
 
 PAIRS = backend_device_pairs()
 RTOL = 1e-6

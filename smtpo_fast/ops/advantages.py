@@ -263,7 +263,9 @@ def _group_torch(kind, rewards, group_ids, scale, ddof, eps):
 
 def _turn_native(turn_rewards, turn_end, T, gamma_turn, device_kind):
     B, K = turn_rewards.shape
-    out = torch.zeros(B, T, dtype=turn_rewards.dtype, device=turn_rewards.device)
+    # The CPU kernel zeroes its rows itself (one pass); the CUDA kernel writes only the turn ends.
+    alloc = torch.zeros if device_kind == "cuda" or K == 0 else torch.empty
+    out = alloc(B, T, dtype=turn_rewards.dtype, device=turn_rewards.device)
     if B * K == 0 or T == 0:
         return out
     C = _ext.native()
