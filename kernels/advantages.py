@@ -1,7 +1,8 @@
 """Triton kernels for the RL math ops (host code: smtpo_fast/ops/advantages.py and policy_loss.py).
 
-GAE / returns and turn rewards: one program per BLOCK_B rows, walking the rows' tokens from last to first with the
-rows side by side (the recursion is sequential in time; rows are independent). Group advantages: one program per
+GAE / returns: one program per row, an associative scan of affine maps over BLOCK_T-token chunks from the row's end
+(parallel within the row, as the CUDA kernel). Turn rewards: one program per BLOCK_B rows walking their turns from
+last to first. Group advantages: one program per
 group over its CSR member list. PPO loss: one program per row (forward: per-row partial sums) or per row and
 BLOCK-wide slice (backward). All arithmetic in float64, as in the CPU and CUDA kernels.
 """
@@ -11,32 +12,61 @@ import triton.language as tl
 
 
 @triton.jit
+def _compose_right_first(ga, gb, gc, gd, ge, fa, fb, fc, fd, fe):
+    # Combine of a forward scan over tokens loaded last-to-first: (g, f) = (the maps of the tokens to the right,
+    # already combined; the next token to the left). Returns f after g, as compose() in csrc/advantages_math.h.
+    return fa * ga, fa * gb + fb * gc, fc * gc, fa * gd + fb * ge + fd, fc * ge + fe
+
+
+@triton.jit
 def rl_scan_kernel(
     rewards_ptr, values_ptr, mask_ptr, adv_ptr, ret_ptr,
-    B, T, params_ptr,
-    IS_GAE: tl.constexpr, BLOCK_B: tl.constexpr,
+    T, params_ptr,
+    IS_GAE: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    # Scalars arrive as a float64 tensor [gamma, lam]: a Python float argument would be rounded to float32.
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    live = rows < B
-    base = rows * T
+    # One program per row, BLOCK_T tokens at a time from the row's end. Each token is an affine map of the state
+    # (running advantage A, next valid value nv) carried from the right (identity when masked); an inclusive scan of
+    # the maps gives, at each token, the composite of it and every token to its right in the chunk, which applied to
+    # the chunk's incoming state is the state right after that token. Scalars arrive as a float64 tensor
+    # [gamma, lam]: a Python float argument would be rounded to float32.
+    row = tl.program_id(0).to(tl.int64)
     gamma = tl.load(params_ptr)
     gl = gamma * tl.load(params_ptr + 1)
-    running = tl.zeros([BLOCK_B], tl.float64)
-    next_value = tl.zeros([BLOCK_B], tl.float64)
-    for i in range(0, T):
-        t = T - 1 - i
-        m = tl.load(mask_ptr + base + t, mask=live, other=0) != 0
-        r = tl.load(rewards_ptr + base + t, mask=live, other=0.0).to(tl.float64)
+    offs = tl.arange(0, BLOCK_T)
+    state_a = gamma * 0.0  # float64 zeros
+    state_nv = gamma * 0.0
+    for done in range(0, T, BLOCK_T):
+        t = T - 1 - done - offs  # last token first
+        inb = t >= 0
+        p = row * T + t
+        m = (tl.load(mask_ptr + p, mask=inb, other=0) != 0) & inb
+        r = tl.load(rewards_ptr + p, mask=m, other=0.0).to(tl.float64)
+        zero = tl.zeros([BLOCK_T], tl.float64)
+        one = zero + 1.0
         if IS_GAE:
-            v = tl.load(values_ptr + base + t, mask=live, other=0.0).to(tl.float64)
-            running = tl.where(m, r + gamma * next_value - v + gl * running, running)
-            next_value = tl.where(m, v, next_value)
-            tl.store(adv_ptr + base + t, tl.where(m, running, 0.0).to(adv_ptr.dtype.element_ty), mask=live)
-            tl.store(ret_ptr + base + t, tl.where(m, running + v, 0.0).to(ret_ptr.dtype.element_ty), mask=live)
+            v = tl.load(values_ptr + p, mask=m, other=0.0).to(tl.float64)
+            ma = tl.where(m, gl, one)
+            mb = tl.where(m, gamma, zero)
+            mc = tl.where(m, zero, one)
+            md = tl.where(m, r - v, zero)
+            me = tl.where(m, v, zero)
         else:
-            running = tl.where(m, r + gamma * running, running)
-            tl.store(ret_ptr + base + t, tl.where(m, running, 0.0).to(ret_ptr.dtype.element_ty), mask=live)
+            ma = tl.where(m, gamma, one)
+            mb = zero
+            mc = one
+            md = tl.where(m, r, zero)
+            me = zero
+        ca, cb, cc, cd, ce = tl.associative_scan((ma, mb, mc, md, me), 0, _compose_right_first)
+        a_after = ca * state_a + cb * state_nv + cd
+        nv_after = cc * state_nv + ce
+        if IS_GAE:
+            tl.store(adv_ptr + p, tl.where(m, a_after, 0.0).to(adv_ptr.dtype.element_ty), mask=inb)
+            tl.store(ret_ptr + p, tl.where(m, a_after + v, 0.0).to(ret_ptr.dtype.element_ty), mask=inb)
+        else:
+            tl.store(ret_ptr + p, tl.where(m, a_after, 0.0).to(ret_ptr.dtype.element_ty), mask=inb)
+        # The last scan position holds the whole chunk (out-of-row positions are identities).
+        state_a = tl.sum(tl.where(offs == BLOCK_T - 1, a_after, 0.0), axis=0)
+        state_nv = tl.sum(tl.where(offs == BLOCK_T - 1, nv_after, 0.0), axis=0)
 
 
 @triton.jit
@@ -117,7 +147,7 @@ def _ppo_token(logp, old, adv, clip_low, clip_high, dual_clip, HAS_DUAL: tl.cons
     clipped = l2 > l1
     loss = tl.where(clipped, l2, l1)
     g = tl.where(clipped, 0.0, -adv * ratio)
-    dual = clipped & False
+    dual = clipped != clipped  # all False, same shape
     if HAS_DUAL:
         l3 = -adv * dual_clip
         dual = (adv < 0.0) & (loss > l3)

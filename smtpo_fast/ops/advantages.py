@@ -25,6 +25,8 @@ from ._checks import check_same_device, check_tensor
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MASK_DTYPES = (torch.bool, torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _SCALES = {"group": 0, "batch": 1, "none": 2}
+# Tokens per step of the Triton scan (a power of two); tests lower it to cross chunk boundaries at small T.
+TRITON_SCAN_CHUNK = 1024
 _STDS = {"unbiased": 1, "biased": 0}
 
 
@@ -189,10 +191,11 @@ def _scan_triton(kind, rewards, values, mask, gamma, lam):
     adv = torch.empty_like(rewards) if kind == 0 else ret.new_empty((0,))
     if B * T == 0:
         return adv, ret
-    block_b = 32 if B >= 32 else max(1, 1 << (B - 1).bit_length())
-    K.rl_scan_kernel[(triton_cdiv(B, block_b),)](
+    block_t = min(TRITON_SCAN_CHUNK, max(16, 1 << (T - 1).bit_length()))
+    K.rl_scan_kernel[(B,)](
         rewards, values if kind == 0 else rewards, mask.view(torch.uint8), adv if kind == 0 else ret, ret,
-        B, T, _f64_params(rewards.device, gamma, lam), IS_GAE=kind == 0, BLOCK_B=block_b,
+        T, _f64_params(rewards.device, gamma, lam), IS_GAE=kind == 0, BLOCK_T=block_t,
+        num_warps=8 if block_t >= 1024 else 4,
     )
     return adv, ret
 
