@@ -51,7 +51,8 @@ struct TurnRewardArgs {
 };
 
 // Clipped PPO surrogate (verl's compute_policy_loss): per-token loss and its gradient w.r.t. logp.
-constexpr int kPpoStats = 5;  // per-row partials: valid count, loss sum, clipped count, approx-KL sum, dual-clipped count
+// Per-row partials of the forward: valid count, loss sum, clipped count, approx-KL sum, dual-clipped count.
+constexpr int kPpoStats = 5;
 struct PpoArgs {
   int dtype;
   int64_t B, T;

@@ -1,6 +1,6 @@
 // RL math kernels for the CPU: OpenMP over rows (for large enough work), one sequential float64 pass per row (the
-// recursions of GAE and returns run backward in time, so a row is a chain; rows are independent). Group advantages are two passes
-// over B with per-group float64 sums. See csrc/advantages.h for the argument blocks.
+// recursions of GAE and returns run backward in time, so a row is a chain; rows are independent). Group advantages
+// are two passes over B with per-group float64 sums. See csrc/advantages.h for the argument blocks.
 #include <algorithm>
 #include <cmath>
 #include <vector>

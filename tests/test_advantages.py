@@ -403,7 +403,7 @@ def test_masked_mean_and_whiten_match_python_loop():
         ref = [[((rows[b][t] - mean_all) / math.sqrt(var + 1e-8) + (0 if shift else mean_all)) if flat_m[b][t] else 0.0
                 for t in range(T)] for b in range(B)]
         out = ops.masked_whiten(x32, mask, shift_mean=shift)
-        assert_close(out, torch.tensor(ref, dtype=torch.float64), rtol=RTOL, atol=1e-6, what=f"whiten {case}")
+        assert_close(out, torch.tensor(ref, dtype=torch.float64), rtol=RTOL, atol=1e-9, what=f"whiten {case}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

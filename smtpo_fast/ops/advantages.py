@@ -535,7 +535,9 @@ def turn_rewards_to_tokens(
     check_tensor("turn_rewards", turn_rewards, dtypes=FLOAT_DTYPES, ndim=(2,))
     check_tensor("turn_end", turn_end, dtypes=(torch.int64, torch.int32), ndim=(2,))
     if turn_end.shape != turn_rewards.shape:
-        raise ValueError(f"turn_end: shape {tuple(turn_end.shape)} must equal turn_rewards' {tuple(turn_rewards.shape)}")
+        raise ValueError(
+            f"turn_end: shape {tuple(turn_end.shape)} must equal turn_rewards' {tuple(turn_rewards.shape)}"
+        )
     check_same_device(turn_rewards=turn_rewards, turn_end=turn_end)
     if isinstance(T, bool) or not isinstance(T, int) or T < 0:
         raise ValueError(f"T: expected an int >= 0, got {T!r}")

@@ -110,7 +110,8 @@ def _fwd_triton(logp, old, adv, mask, clip_low, clip_high, dual_clip):
     if B * T == 0:
         return stats
     K.ppo_fwd_kernel[(B,)](
-        logp, old, adv, mask.view(torch.uint8), stats, T, _f64_params(logp.device, clip_low, clip_high, _dual(dual_clip)),
+        logp, old, adv, mask.view(torch.uint8), stats, T,
+        _f64_params(logp.device, clip_low, clip_high, _dual(dual_clip)),
         HAS_DUAL=dual_clip > 0, BLOCK=_ppo_block(T),
     )
     return stats
