@@ -131,21 +131,24 @@ def test_ppo_loss_gradcheck(backend, device, agg):
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_ppo_loss_edges(backend, device):
     # No valid token: loss 0, gradient 0. bfloat16 logp: gradient comes back in bfloat16.
-    logp = torch.zeros(2, 3, requires_grad=True)
-    loss, stats = ops.ppo_policy_loss(logp, torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 3, dtype=torch.bool),
+    logp = torch.zeros(2, 3, device=device, requires_grad=True)
+    z, one = torch.zeros(2, 3, device=device), torch.ones(2, 3, device=device)
+    loss, stats = ops.ppo_policy_loss(logp, z, one, torch.zeros(2, 3, dtype=torch.bool, device=device),
                                       backend=backend)
     loss.backward()
     assert loss.item() == 0.0 and stats["clip_frac"].item() == 0.0 and (logp.grad == 0).all()
-    lp = torch.randn(2, 4).bfloat16().requires_grad_(True)
-    loss, _ = ops.ppo_policy_loss(lp, torch.zeros(2, 4), torch.randn(2, 4), torch.ones(2, 4), backend=backend)
+    lp = torch.randn(2, 4, device=device).bfloat16().requires_grad_(True)
+    z, one = torch.zeros(2, 4, device=device), torch.ones(2, 4, device=device)
+    loss, _ = ops.ppo_policy_loss(lp, z, torch.randn(2, 4, device=device), one, backend=backend)
     loss.backward()
     assert lp.grad.dtype == torch.bfloat16 and torch.isfinite(lp.grad.float()).all()
     # NaN in a valid token propagates to the loss; in a masked one it does not.
-    lp = torch.zeros(1, 3)
+    lp = torch.zeros(1, 3, device=device)
     lp[0, 1] = float("nan")
-    m = torch.tensor([[True, False, True]])
-    assert torch.isfinite(ops.ppo_policy_loss(lp, torch.zeros(1, 3), torch.ones(1, 3), m, backend=backend)[0])
-    assert torch.isnan(ops.ppo_policy_loss(lp, torch.zeros(1, 3), torch.ones(1, 3), ~m, backend=backend)[0])
+    z, one = torch.zeros(1, 3, device=device), torch.ones(1, 3, device=device)
+    m = torch.tensor([[True, False, True]], device=device)
+    assert torch.isfinite(ops.ppo_policy_loss(lp, z, one, m, backend=backend)[0])
+    assert torch.isnan(ops.ppo_policy_loss(lp, z, one, ~m, backend=backend)[0])
 
 
 def test_ppo_loss_bad_input():
