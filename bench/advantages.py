@@ -211,6 +211,13 @@ def multiturn_mask(B, T, gen, device):
     return rows.to(device)
 
 
+def check_same(got, want, what):
+    """Every backend is checked against another computation before it is timed (float32 outputs)."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5, equal_nan=True):
+        raise AssertionError(f"{what}: max abs difference {(got - want).abs().max().item():.3g}")
+
+
 def smtpo_backends(device):
     names = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
     return [n for n in names if ops.backends().get(n)]
@@ -260,6 +267,7 @@ def main():
         t_torch = time_fn(lambda: gae_torch_loop(r, v, m, 0.99, 0.95), device, loop_reps)
         record("gae", size, "torch loop, tuned", t_torch, t_loop)
         for name in smtpo_backends(device):
+            check_same(ops.gae(r, v, m, gamma=0.99, lam=0.95, backend=name)[0], want_adv, f"gae {name}")
             t = time_fn(lambda: ops.gae(r, v, m, gamma=0.99, lam=0.95, backend=name), device, reps)
             record("gae", size, f"smtpo {name}", t, t_loop, t_torch)
         if "cuda" in smtpo_backends(device):
@@ -284,6 +292,7 @@ def main():
         t_torch = time_fn(lambda: returns_torch_loop(r, m, 0.99), device, loop_reps)
         record("returns", size, "torch loop, tuned", t_torch, t_loop)
         for name in smtpo_backends(device):
+            check_same(ops.discounted_returns(r, m, gamma=0.99, backend=name), want, f"returns {name}")
             t = time_fn(lambda: ops.discounted_returns(r, m, gamma=0.99, backend=name), device, reps)
             record("returns", size, f"smtpo {name}", t, t_loop, t_torch)
         # PPO loss, forward + backward (verl's formula is already vectorised: torch autograd is the baseline)
@@ -295,6 +304,15 @@ def main():
             lp = lp0.clone().requires_grad_(True)
             ppo_torch(lp, old, adv, m).backward()
 
+        lp_ref = lp0.clone().requires_grad_(True)
+        ref_loss = ppo_torch(lp_ref, old, adv, m)
+        ref_loss.backward()
+        for name in smtpo_backends(device):
+            lp = lp0.clone().requires_grad_(True)
+            loss, _ = ops.ppo_policy_loss(lp, old, adv, m, clip_low=0.2, clip_high=0.28, dual_clip=3.0, backend=name)
+            loss.backward()
+            check_same(loss, ref_loss, f"ppo loss {name}")
+            check_same(lp.grad * (B * T), lp_ref.grad * (B * T), f"ppo grad {name}")
         t_torch = time_fn(ppo_ref, device, max(2, reps // 3))
         record("ppo_loss f+b", size, "torch autograd", t_torch)
         for name in smtpo_backends(device):
@@ -323,6 +341,7 @@ def main():
             t_torch = time_fn(lambda: group_torch(rewards, ids, kind), device, reps)
             record(kind, size, "torch vectorised", t_torch, t_loop)
             for name in smtpo_backends(device):
+                check_same(op(rewards, ids, backend=name), want, f"{kind} {name}")
                 t = time_fn(lambda: op(rewards, ids, backend=name), device, reps)
                 record(kind, size, f"smtpo {name}", t, t_loop, t_torch)
 
@@ -339,6 +358,7 @@ def main():
     t_torch = time_fn(lambda: turn_torch(tr_d, ends_d, T, 0.9), device, reps)
     record("turn_rewards", size, "torch vectorised", t_torch, t_loop)
     for name in smtpo_backends(device):
+        check_same(ops.turn_rewards_to_tokens(tr_d, ends_d, T, gamma_turn=0.9, backend=name), want, f"turn {name}")
         t = time_fn(lambda: ops.turn_rewards_to_tokens(tr_d, ends_d, T, gamma_turn=0.9, backend=name), device, reps)
         record("turn_rewards", size, f"smtpo {name}", t, t_loop, t_torch)
 

@@ -26,13 +26,14 @@ struct ScanArgs {
   void* returns;        // [B, T]
 };
 
-// GRPO (kind 0) or RLOO (kind 1) advantages of B outcome rewards in G groups given as dense ids in [0, G).
+// GRPO (kind 0) or RLOO (kind 1) advantages of B outcome rewards in G groups given as dense ids in [0, G), or (CPU
+// only, G = 0) as arbitrary int64 ids that the kernel maps to dense ones itself.
 struct GroupAdvArgs {
   int kind;   // 0: GRPO, 1: RLOO
   int dtype;  // rewards and out
   int64_t B, G;
   const void* rewards;    // [B]
-  const int64_t* group;   // [B] dense ids
+  const int64_t* group;   // [B] dense ids, or any ids when G = 0
   int scale;              // GRPO: 0 group std, 1 batch std, 2 no division
   int ddof;               // 1 unbiased, 0 biased
   double eps;

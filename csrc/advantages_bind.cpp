@@ -41,11 +41,11 @@ ScanArgs scan_args(int kind, int dtype, int64_t B, int64_t T, uintptr_t rewards,
 }
 
 GroupAdvArgs group_args(int kind, int dtype, int64_t B, int64_t G, uintptr_t rewards, uintptr_t group, int scale,
-                        int ddof, double eps, uintptr_t out) {
+                        int ddof, double eps, uintptr_t out, bool raw_ids_ok) {
   check_float_dtype(dtype, "rewards");
   require(kind == 0 || kind == 1, "kind: 0 (GRPO) or 1 (RLOO)");
   require(scale >= 0 && scale <= 2 && (ddof == 0 || ddof == 1), "scale/ddof out of range");
-  require(B >= 0 && G >= 0 && (B == 0 || G >= 1), "group_ids: need G >= 1 groups for B > 0 rewards");
+  require(B >= 0 && G >= 0 && (B == 0 || G >= 1 || raw_ids_ok), "group_ids: need G >= 1 groups for B > 0 rewards");
   require(B == 0 || (rewards && group && out), "rewards: null pointer");
   return GroupAdvArgs{kind, dtype, B, G, ptr<const void>(rewards), ptr<const int64_t>(group), scale, ddof, eps,
                       ptr<void>(out)};
@@ -79,7 +79,7 @@ void register_advantages(py::module_& m) {
   });
   m.def("group_advantages_cpu", [](int kind, int dtype, int64_t B, int64_t G, uintptr_t rewards, uintptr_t group,
                                    int scale, int ddof, double eps, uintptr_t out) {
-    auto a = group_args(kind, dtype, B, G, rewards, group, scale, ddof, eps, out);
+    auto a = group_args(kind, dtype, B, G, rewards, group, scale, ddof, eps, out, /*raw_ids_ok=*/true);
     py::gil_scoped_release nogil;
     group_advantages_cpu(a);
   });
@@ -110,7 +110,7 @@ void register_advantages(py::module_& m) {
   m.def("group_advantages_cuda", [](int kind, int dtype, int64_t B, int64_t G, uintptr_t rewards, uintptr_t group,
                                     int scale, int ddof, double eps, uintptr_t out, uintptr_t order,
                                     uintptr_t offsets, uintptr_t stream) {
-    group_advantages_cuda(group_args(kind, dtype, B, G, rewards, group, scale, ddof, eps, out),
+    group_advantages_cuda(group_args(kind, dtype, B, G, rewards, group, scale, ddof, eps, out, false),
                           ptr<const int64_t>(order), ptr<const int64_t>(offsets), stream);
   });
   m.def("turn_rewards_cuda", [](int dtype, int64_t B, int64_t K, int64_t T, uintptr_t tr, uintptr_t ends,

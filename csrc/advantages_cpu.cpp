@@ -3,6 +3,7 @@
 // are two passes over B with per-group float64 sums. See csrc/advantages.h for the argument blocks.
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
 #include <vector>
 
 #include "advantages.h"
@@ -70,10 +71,47 @@ void scan_rows(const ScanArgs& a) {
   }
 }
 
+// Dense ids in [0, G) for arbitrary int64 group ids, numbered by first appearance: a direct table when the ids span
+// a small range (prompt indices, the usual case), else a hash map. Single-threaded: B is small (thousands), and a
+// sort (torch.unique) on a busy machine costs more than the whole op.
+int64_t dense_group_ids(const int64_t* ids, int64_t B, std::vector<int64_t>& dense) {
+  dense.resize(B);
+  if (B == 0) return 0;
+  int64_t lo = ids[0], hi = ids[0];
+  for (int64_t i = 1; i < B; ++i) {
+    lo = ids[i] < lo ? ids[i] : lo;
+    hi = ids[i] > hi ? ids[i] : hi;
+  }
+  const uint64_t span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);  // no signed overflow
+  int64_t G = 0;
+  if (span < static_cast<uint64_t>(4 * B + 4096)) {
+    std::vector<int64_t> table(span + 1, -1);
+    for (int64_t i = 0; i < B; ++i) {
+      int64_t& slot = table[static_cast<uint64_t>(ids[i]) - static_cast<uint64_t>(lo)];
+      if (slot < 0) slot = G++;
+      dense[i] = slot;
+    }
+  } else {
+    std::unordered_map<int64_t, int64_t> table;
+    table.reserve(static_cast<size_t>(B));
+    for (int64_t i = 0; i < B; ++i) {
+      auto it = table.emplace(ids[i], G).first;
+      if (it->second == G) ++G;
+      dense[i] = it->second;
+    }
+  }
+  return G;
+}
+
 template <typename F>
-void group_adv(const GroupAdvArgs& a) {
+void group_adv(GroupAdvArgs a) {
   const F* r = static_cast<const F*>(a.rewards);
   F* out = static_cast<F*>(a.out);
+  std::vector<int64_t> dense;
+  if (a.G == 0) {
+    a.G = dense_group_ids(a.group, a.B, dense);
+    a.group = dense.data();
+  }
   std::vector<double> sum(a.G, 0.0), sq(a.G, 0.0);
   std::vector<int64_t> count(a.G, 0);
   for (int64_t i = 0; i < a.B; ++i) {

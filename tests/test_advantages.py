@@ -259,7 +259,8 @@ def random_group_case(rng: random.Random, gen: torch.Generator):
     n_groups = rng.randint(1, 12)
     sizes = [rng.choice([1, 1, 2, rng.randint(1, 9)]) for _ in range(n_groups)]
     ids = []
-    labels = rng.sample(range(-1000, 10**9), n_groups)  # arbitrary, non-contiguous group ids
+    # Arbitrary group ids: a wide span (the CPU kernel hashes them) or a narrow one, negatives included (a table).
+    labels = rng.sample(range(-1000, 10**9) if rng.random() < 0.5 else range(-20, 40), n_groups)
     for g, size in zip(labels, sizes):
         ids += [g] * size
     rng.shuffle(ids)

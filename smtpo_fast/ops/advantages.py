@@ -216,19 +216,22 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def _group_native(kind, rewards, inverse, counts, scale, ddof, eps, device_kind):
+def _group_native(kind, rewards, group_ids, scale, ddof, eps, device_kind):
     out = torch.empty_like(rewards)
-    B, G = rewards.numel(), counts.numel()
+    B = rewards.numel()
     if B == 0:
         return out
     C = _ext.native()
-    args = (kind, _ext.DTYPE_CODES[rewards.dtype], B, G, rewards.data_ptr(), inverse.data_ptr(), scale, ddof,
-            float(eps), out.data_ptr())
     if device_kind == "cuda":
+        inverse, counts = _dense_groups(group_ids)
         order, offsets = _csr(inverse, counts)
-        C.group_advantages_cuda(*args, order.data_ptr(), offsets.data_ptr(), _ext.stream_of(rewards))
+        C.group_advantages_cuda(kind, _ext.DTYPE_CODES[rewards.dtype], B, counts.numel(), rewards.data_ptr(),
+                                inverse.data_ptr(), scale, ddof, float(eps), out.data_ptr(), order.data_ptr(),
+                                offsets.data_ptr(), _ext.stream_of(rewards))
     else:
-        C.group_advantages_cpu(*args)
+        # G = 0: the CPU kernel numbers the groups itself (no sort, no torch thread pool).
+        C.group_advantages_cpu(kind, _ext.DTYPE_CODES[rewards.dtype], B, 0, rewards.data_ptr(), group_ids.data_ptr(),
+                               scale, ddof, float(eps), out.data_ptr())
     return out
 
 
@@ -320,10 +323,10 @@ def _group_advantages(
 ) -> torch.Tensor:
     if backend == "torch":
         return _group_torch(kind, rewards, group_ids, scale, ddof, eps)
-    inverse, counts = _dense_groups(group_ids)
     if backend == "triton":
+        inverse, counts = _dense_groups(group_ids)
         return _group_triton(kind, rewards, inverse, counts, scale, ddof, eps)
-    return _group_native(kind, rewards, inverse, counts, scale, ddof, eps, backend)
+    return _group_native(kind, rewards, group_ids, scale, ddof, eps, backend)
 
 
 @_group_advantages.register_fake
