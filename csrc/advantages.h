@@ -67,4 +67,16 @@ struct PpoArgs {
   void* grad;             // backward: [B, T] d loss / d logp
 };
 
+// Per-token KL estimate (kind 0: k1, 1: k2, 2: k3) of logp against ref_logp, flattened to n elements; forward
+// writes `out`, backward writes grad = grad_out * d out / d logp.
+struct KlArgs {
+  int kind;
+  int dtype;
+  int64_t n;
+  const void* logp;      // [n]
+  const void* ref_logp;  // [n]
+  const void* grad_out;  // [n], backward only
+  void* out;             // [n]: the estimate (forward) or the gradient (backward)
+};
+
 }  // namespace smtpo

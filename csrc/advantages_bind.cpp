@@ -16,6 +16,8 @@ void group_advantages_cpu(const GroupAdvArgs& a);
 void turn_rewards_cpu(const TurnRewardArgs& a);
 void ppo_loss_fwd_cpu(const PpoArgs& a);
 void ppo_loss_bwd_cpu(const PpoArgs& a);
+void kl_penalty_fwd_cpu(const KlArgs& a);
+void kl_penalty_bwd_cpu(const KlArgs& a);
 }  // namespace smtpo
 
 namespace {
@@ -68,9 +70,28 @@ PpoArgs ppo_args(int dtype, int64_t B, int64_t T, uintptr_t logp, uintptr_t old,
                  ptr<const double>(row_scale), ptr<void>(grad)};
 }
 
+KlArgs kl_args(int kind, int dtype, int64_t n, uintptr_t logp, uintptr_t ref, uintptr_t grad_out, uintptr_t out) {
+  check_float_dtype(dtype, "logp");
+  require(kind >= 0 && kind <= 2, "kind: 0 (k1), 1 (k2) or 2 (k3)");
+  require(n >= 0 && (n == 0 || (logp && ref && out)), "logp: null pointer");
+  return KlArgs{kind, dtype, n, ptr<const void>(logp), ptr<const void>(ref), ptr<const void>(grad_out), ptr<void>(out)};
+}
+
 }  // namespace
 
 void register_advantages(py::module_& m) {
+  m.def("kl_penalty_fwd_cpu", [](int kind, int dtype, int64_t n, uintptr_t logp, uintptr_t ref, uintptr_t out) {
+    auto a = kl_args(kind, dtype, n, logp, ref, 0, out);
+    py::gil_scoped_release nogil;
+    kl_penalty_fwd_cpu(a);
+  });
+  m.def("kl_penalty_bwd_cpu", [](int kind, int dtype, int64_t n, uintptr_t logp, uintptr_t ref, uintptr_t grad_out,
+                                 uintptr_t out) {
+    auto a = kl_args(kind, dtype, n, logp, ref, grad_out, out);
+    require(n == 0 || grad_out != 0, "grad_out: null pointer");
+    py::gil_scoped_release nogil;
+    kl_penalty_bwd_cpu(a);
+  });
   m.def("rl_scan_cpu", [](int kind, int dtype, int64_t B, int64_t T, uintptr_t rewards, uintptr_t values,
                           uintptr_t mask, double gamma, double lam, uintptr_t adv, uintptr_t ret) {
     auto a = scan_args(kind, dtype, B, T, rewards, values, mask, gamma, lam, adv, ret);
@@ -116,6 +137,15 @@ void register_advantages(py::module_& m) {
   m.def("turn_rewards_cuda", [](int dtype, int64_t B, int64_t K, int64_t T, uintptr_t tr, uintptr_t ends,
                                 double gamma, uintptr_t out, uintptr_t stream) {
     turn_rewards_cuda(turn_args(dtype, B, K, T, tr, ends, gamma, out), stream);
+  });
+  m.def("kl_penalty_fwd_cuda", [](int kind, int dtype, int64_t n, uintptr_t logp, uintptr_t ref, uintptr_t out,
+                                  uintptr_t stream) {
+    kl_penalty_cuda(kl_args(kind, dtype, n, logp, ref, 0, out), false, stream);
+  });
+  m.def("kl_penalty_bwd_cuda", [](int kind, int dtype, int64_t n, uintptr_t logp, uintptr_t ref, uintptr_t grad_out,
+                                  uintptr_t out, uintptr_t stream) {
+    require(n == 0 || grad_out != 0, "grad_out: null pointer");
+    kl_penalty_cuda(kl_args(kind, dtype, n, logp, ref, grad_out, out), true, stream);
   });
   m.def("ppo_loss_fwd_cuda", [](int dtype, int64_t B, int64_t T, uintptr_t logp, uintptr_t old, uintptr_t adv,
                                 uintptr_t mask, double cl, double ch, double dual, uintptr_t row_stats,

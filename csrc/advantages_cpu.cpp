@@ -218,7 +218,37 @@ void ppo_bwd(const PpoArgs& a) {
   }
 }
 
+template <typename F>
+void kl_fwd(const KlArgs& a) {
+  const F* lp = static_cast<const F*>(a.logp);
+  const F* ref = static_cast<const F*>(a.ref_logp);
+  F* out = static_cast<F*>(a.out);
+#pragma omp parallel for schedule(static) if (a.n >= kParallelWork)
+  for (int64_t i = 0; i < a.n; ++i) out[i] = F(kl_token(a.kind, double(lp[i]), double(ref[i])).value);
+}
+
+template <typename F>
+void kl_bwd(const KlArgs& a) {
+  const F* lp = static_cast<const F*>(a.logp);
+  const F* ref = static_cast<const F*>(a.ref_logp);
+  const F* g = static_cast<const F*>(a.grad_out);
+  F* out = static_cast<F*>(a.out);
+#pragma omp parallel for schedule(static) if (a.n >= kParallelWork)
+  for (int64_t i = 0; i < a.n; ++i)
+    out[i] = F(double(g[i]) * kl_token(a.kind, double(lp[i]), double(ref[i])).dvalue_dlogp);
+}
+
 }  // namespace
+
+void kl_penalty_fwd_cpu(const KlArgs& a) {
+  if (a.dtype == kFloat64) kl_fwd<double>(a);
+  else kl_fwd<float>(a);
+}
+
+void kl_penalty_bwd_cpu(const KlArgs& a) {
+  if (a.dtype == kFloat64) kl_bwd<double>(a);
+  else kl_bwd<float>(a);
+}
 
 void rl_scan_cpu(const ScanArgs& a) {
   if (a.dtype == kFloat64) {

@@ -8,7 +8,7 @@
 // tile's first token carries into the next tile to the left. Loads and stores go through shared memory so global
 // accesses are coalesced; all arithmetic is float64. Any T, any B (int64 indexing).
 // Group advantages: one thread per group over CSR member lists. PPO loss: one block per row, block reduction of
-// the per-row partials in forward; elementwise backward.
+// the per-row partials in forward; elementwise backward. KL penalty: elementwise, grid-stride.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -264,6 +264,19 @@ __global__ void ppo_bwd_kernel(PpoArgs a) {
   }
 }
 
+template <typename F, bool kBackward>
+__global__ void kl_kernel(KlArgs a) {
+  const F* lp = static_cast<const F*>(a.logp);
+  const F* ref = static_cast<const F*>(a.ref_logp);
+  F* out = static_cast<F*>(a.out);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < a.n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const KlToken k = kl_token(a.kind, static_cast<double>(lp[i]), static_cast<double>(ref[i]));
+    out[i] = static_cast<F>(kBackward ? static_cast<double>(static_cast<const F*>(a.grad_out)[i]) * k.dvalue_dlogp
+                                      : k.value);
+  }
+}
+
 // Rows go on grid.x (up to 2^31 - 1), enough for any B a [B, T] tensor of this kind can have.
 void check_rows(int64_t B) {
   require(B <= 2147483647LL, "rows: B must be < 2^31 for the CUDA kernels");
@@ -327,6 +340,21 @@ void ppo_loss_fwd_cuda(const PpoArgs& a, uintptr_t stream) {
   const dim3 grid(static_cast<unsigned>(a.B));
   if (a.dtype == kFloat64) ppo_fwd_kernel<double><<<grid, kPpoThreads, 0, s>>>(a);
   else ppo_fwd_kernel<float><<<grid, kPpoThreads, 0, s>>>(a);
+  SMTPO_CUDA_CHECK(cudaGetLastError());
+}
+
+void kl_penalty_cuda(const KlArgs& a, bool backward, uintptr_t stream) {
+  if (a.n == 0) return;
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const int threads = 256;
+  const unsigned blocks = static_cast<unsigned>(blocks_for(a.n, threads));
+  if (a.dtype == kFloat64) {
+    if (backward) kl_kernel<double, true><<<blocks, threads, 0, s>>>(a);
+    else kl_kernel<double, false><<<blocks, threads, 0, s>>>(a);
+  } else {
+    if (backward) kl_kernel<float, true><<<blocks, threads, 0, s>>>(a);
+    else kl_kernel<float, false><<<blocks, threads, 0, s>>>(a);
+  }
   SMTPO_CUDA_CHECK(cudaGetLastError());
 }
 

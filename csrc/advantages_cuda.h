@@ -11,4 +11,5 @@ void group_advantages_cuda(const GroupAdvArgs& a, const int64_t* order, const in
 void turn_rewards_cuda(const TurnRewardArgs& a, uintptr_t stream);
 void ppo_loss_fwd_cuda(const PpoArgs& a, uintptr_t stream);
 void ppo_loss_bwd_cuda(const PpoArgs& a, uintptr_t stream);
+void kl_penalty_cuda(const KlArgs& a, bool backward, uintptr_t stream);
 }  // namespace smtpo

@@ -65,4 +65,23 @@ SMTPO_HD PpoToken ppo_token(double logp, double old_logp, double adv, double cli
   return {loss, in_clamp ? g : 0.0, clipped, dual, -d};
 }
 
+// Schulman's KL estimators with verl's clamps (k3 = verl's "low_var_kl"), and their derivative w.r.t. logp.
+// Clamps pass the gradient at their bounds (as torch.clamp) and NaN flows through (comparisons are false).
+struct KlToken {
+  double value, dvalue_dlogp;
+};
+
+SMTPO_HD KlToken kl_token(int kind, double logp, double ref_logp) {
+  const double d = logp - ref_logp;
+  if (kind == 0) return {d, 1.0};
+  if (kind == 1) return {0.5 * d * d, d};
+  const double x_raw = -d;
+  const double x = x_raw < -20.0 ? -20.0 : (x_raw > 20.0 ? 20.0 : x_raw);
+  const double ex = exp(x);
+  const double y = ex - x - 1.0;  // >= 0 up to rounding
+  const double v = y < -10.0 ? -10.0 : (y > 10.0 ? 10.0 : y);
+  const bool passes = x_raw >= -20.0 && x_raw <= 20.0 && y >= -10.0 && y <= 10.0;
+  return {v, passes ? 1.0 - ex : 0.0};
+}
+
 }  // namespace smtpo

@@ -214,3 +214,34 @@ def ppo_bwd_kernel(
     _, g, _, _, _ = _ppo_token(lp, old, adv, clip_low, clip_high, dual_clip, HAS_DUAL)
     scale = tl.load(row_scale_ptr + row)
     tl.store(grad_ptr + p, tl.where(m, scale * g, 0.0).to(grad_ptr.dtype.element_ty), mask=inb)
+
+
+@triton.jit
+def kl_penalty_kernel(
+    logp_ptr, ref_ptr, grad_out_ptr, out_ptr, n,
+    KIND: tl.constexpr, BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Same conventions as kl_token() in csrc/advantages_math.h; clamps as selects so NaN flows through.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    d = tl.load(logp_ptr + offs, mask=inb, other=0.0).to(tl.float64) - tl.load(ref_ptr + offs, mask=inb,
+                                                                                other=0.0).to(tl.float64)
+    if KIND == 0:
+        value = d
+        slope = d * 0.0 + 1.0
+    elif KIND == 1:
+        value = 0.5 * d * d
+        slope = d
+    else:
+        x_raw = -d
+        x = tl.where(x_raw < -20.0, -20.0, tl.where(x_raw > 20.0, 20.0, x_raw))
+        ex = tl.exp(x)
+        y = ex - x - 1.0
+        value = tl.where(y < -10.0, -10.0, tl.where(y > 10.0, 10.0, y))
+        passes = (x_raw >= -20.0) & (x_raw <= 20.0) & (y >= -10.0) & (y <= 10.0)
+        slope = tl.where(passes, 1.0 - ex, 0.0)
+    if BACKWARD:
+        g = tl.load(grad_out_ptr + offs, mask=inb, other=0.0).to(tl.float64)
+        tl.store(out_ptr + offs, (g * slope).to(out_ptr.dtype.element_ty), mask=inb)
+    else:
+        tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=inb)

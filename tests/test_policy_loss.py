@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from smtpo_fast import ops
-from smtpo_fast.ops.policy_loss import ppo_policy_loss_reference
+from smtpo_fast.ops.policy_loss import kl_penalty_reference, ppo_policy_loss_reference
 from helpers import assert_close, backend_device_pairs
 from test_advantages import f32, n_cases, random_mask, to
 
@@ -184,19 +184,38 @@ def kl_loop(lp, ref, kind):
     return min(max(math.exp(k) - k - 1.0, -10.0), 10.0)
 
 
-def test_kl_penalty_matches_python_loop_and_gradcheck():
+@pytest.mark.parametrize("backend,device", PAIRS)
+def test_kl_penalty_matches_python_loop(backend, device):
     rng, gen = random.Random(14), torch.Generator().manual_seed(14)
-    for case in range(150):
+    for case in range(n_cases(backend, 150)):
         kind = ("k1", "k2", "k3")[case % 3]
-        n = rng.randint(1, 40)
-        ref = -torch.rand(n, generator=gen) * 5
-        lp = ref + torch.randn(n, generator=gen) * rng.choice([0.1, 1.0, 30.0])
+        shape = rng.choice([(rng.randint(1, 40),), (rng.randint(1, 4), rng.randint(1, 12))])
+        ref = -torch.rand(shape, generator=gen) * 5
+        lp = ref + torch.randn(shape, generator=gen) * rng.choice([0.1, 1.0, 30.0])  # 30: beyond the clamps
         (lp32, lp64), (ref32, ref64) = f32(lp), f32(ref)
-        out = ops.kl_penalty(lp32, ref32, kind=kind)
-        assert out.dtype == torch.float32
-        expected = [kl_loop(a, b, kind) for a, b in zip(lp64.tolist(), ref64.tolist())]
-        assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=RTOL, atol=1e-9, what=f"{kind} {case}")
-    for kind in ("k1", "k2", "k3"):
-        x = (torch.randn(2, 5, dtype=torch.float64) * 0.5).requires_grad_(True)
-        ref = torch.randn(2, 5, dtype=torch.float64) * 0.5
-        assert torch.autograd.gradcheck(lambda t: ops.kl_penalty(t, ref, kind=kind), (x,))
+        x = lp32.to(device).requires_grad_(True)
+        out = ops.kl_penalty(x, ref32.to(device), kind=kind, backend=backend)
+        assert out.dtype == torch.float32 and out.shape == lp.shape
+        expected = [kl_loop(a, b, kind) for a, b in zip(lp64.flatten().tolist(), ref64.flatten().tolist())]
+        what = f"{kind} case {case}"
+        assert_close(out.flatten(), torch.tensor(expected, dtype=torch.float64), rtol=RTOL, atol=1e-9, what=what)
+        # Gradient against autograd through the plain-torch definition, in float64.
+        w = torch.randn(shape, generator=gen, dtype=torch.float64)
+        (g,) = torch.autograd.grad((out.double() * w.to(device)).sum(), x)
+        xr = lp64.clone().requires_grad_(True)
+        (gr,) = torch.autograd.grad((kl_penalty_reference(xr, ref64, kind) * w).sum(), xr)
+        assert_close(g, gr, rtol=RTOL, atol=1e-9, what="grad " + what)
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
+@pytest.mark.parametrize("kind", ["k1", "k2", "k3"])
+def test_kl_penalty_gradcheck(backend, device, kind):
+    gen = torch.Generator().manual_seed(15)
+    x = (torch.randn(2, 5, generator=gen, dtype=torch.float64) * 0.5).to(device).requires_grad_(True)
+    ref = (torch.randn(2, 5, generator=gen, dtype=torch.float64) * 0.5).to(device)
+    assert torch.autograd.gradcheck(lambda t: ops.kl_penalty(t, ref, kind=kind, backend=backend), (x,))
+    # NaN propagates elementwise.
+    lp = torch.zeros(3, device=device)
+    lp[1] = float("nan")
+    out = ops.kl_penalty(lp, torch.zeros(3, device=device), kind=kind, backend=backend).cpu()
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()

@@ -2,7 +2,8 @@
 
 Order as in logprob.py: the reference (the definition, plain differentiable torch), host functions per backend,
 ``torch.library`` ops, the autograd Function, then the public functions. Kernels: csrc/advantages_cpu.cpp (CPU),
-csrc/advantages_cuda.cu (CUDA), kernels/advantages.py (Triton); the per-token math is in csrc/advantages_math.h.
+csrc/advantages_cuda.cu (CUDA), kernels/advantages.py (Triton); the per-token math (PPO and KL) is in
+csrc/advantages_math.h, shared by the CPU and CUDA builds.
 
 The forward kernel reduces each row to five float64 partials (valid count, loss sum, clipped count, approx-KL sum,
 dual-clipped count); the loss and the statistics come from those [B, 5] numbers, so nothing of size [B, T] is
@@ -333,7 +334,124 @@ def _clip(name: str, value, hi: float) -> float:
     return v
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+# ----------------------------------------------------------------------------------------------------------------
+# kl_penalty: reference, host functions, torch.library ops, autograd Function, public op
+# ----------------------------------------------------------------------------------------------------------------
+def kl_penalty_reference(logp, ref_logp, kind="k1"):
+    """Plain differentiable torch, verl's ``kl_penalty`` ("kl", "mse", "low_var_kl"), float64 inside."""
+    d = logp.double() - ref_logp.detach().double()
+    if kind == "k1":
+        out = d
+    elif kind == "k2":
+        out = 0.5 * d * d
+    else:
+        neg = torch.clamp(-d, -20.0, 20.0)
+        out = torch.clamp(torch.exp(neg) - neg - 1.0, -10.0, 10.0)
+    return out.to(_work_dtype(logp, ref_logp))
+
+
+def _kl_torch(logp, ref, kind_code, grad_out=None):
+    """Value (forward) or grad_out * d value / d logp (backward), float64 inside: k3 = e^x - x - 1 cancels badly
+    in float32 for small x."""
+    d = logp.double() - ref.double()
+    if kind_code == 0:
+        value, slope = d, torch.ones_like(d)
+    elif kind_code == 1:
+        value, slope = 0.5 * d * d, d
+    else:
+        x_raw = -d
+        x = x_raw.clamp(-20.0, 20.0)
+        ex = x.exp()
+        y = ex - x - 1.0
+        value = y.clamp(-10.0, 10.0)
+        passes = (x_raw >= -20.0) & (x_raw <= 20.0) & (y >= -10.0) & (y <= 10.0)
+        slope = torch.where(passes, 1.0 - ex, torch.zeros_like(ex))
+    out = value if grad_out is None else grad_out.double() * slope
+    return out.to(logp.dtype)
+
+
+def _kl_native(logp, ref, kind_code, grad_out, device_kind):
+    out = torch.empty_like(logp)
+    n = logp.numel()
+    if n == 0:
+        return out
+    C = _ext.native()
+    code = _ext.DTYPE_CODES[logp.dtype]
+    stream = (_ext.stream_of(logp),) if device_kind == "cuda" else ()
+    if grad_out is None:
+        fn = C.kl_penalty_fwd_cuda if device_kind == "cuda" else C.kl_penalty_fwd_cpu
+        fn(kind_code, code, n, logp.data_ptr(), ref.data_ptr(), out.data_ptr(), *stream)
+    else:
+        fn = C.kl_penalty_bwd_cuda if device_kind == "cuda" else C.kl_penalty_bwd_cpu
+        fn(kind_code, code, n, logp.data_ptr(), ref.data_ptr(), grad_out.data_ptr(), out.data_ptr(), *stream)
+    return out
+
+
+def _kl_triton(logp, ref, kind_code, grad_out):
+    K = _ext.triton_kernels().advantages
+    out = torch.empty_like(logp)
+    n = logp.numel()
+    if n == 0:
+        return out
+    block = 1024
+    K.kl_penalty_kernel[((n + block - 1) // block,)](
+        logp, ref, grad_out if grad_out is not None else logp, out, n,
+        KIND=kind_code, BACKWARD=grad_out is not None, BLOCK=block,
+    )
+    return out
+
+
+def _kl_dispatch(logp, ref, kind_code, grad_out, backend):
+    if backend in ("cpu", "cuda"):
+        return _kl_native(logp, ref, kind_code, grad_out, backend)
+    if backend == "triton":
+        return _kl_triton(logp, ref, kind_code, grad_out)
+    return _kl_torch(logp, ref, kind_code, grad_out)
+
+
+@torch.library.custom_op("smtpo_fast::kl_penalty_fwd", mutates_args=())
+def _kl_penalty_fwd(logp: torch.Tensor, ref_logp: torch.Tensor, kind: int, backend: str) -> torch.Tensor:
+    return _kl_dispatch(logp, ref_logp, kind, None, backend)
+
+
+@_kl_penalty_fwd.register_fake
+def _(logp, ref_logp, kind, backend):
+    return torch.empty_like(logp)
+
+
+@torch.library.custom_op("smtpo_fast::kl_penalty_bwd", mutates_args=())
+def _kl_penalty_bwd(logp: torch.Tensor, ref_logp: torch.Tensor, grad_out: torch.Tensor, kind: int,
+                    backend: str) -> torch.Tensor:
+    return _kl_dispatch(logp, ref_logp, kind, grad_out, backend)
+
+
+@_kl_penalty_bwd.register_fake
+def _(logp, ref_logp, grad_out, kind, backend):
+    return torch.empty_like(logp)
+
+
+class KlPenaltyFunction(torch.autograd.Function):
+    """Elementwise kernel both ways; backward recomputes the slope from the saved inputs."""
+
+    @staticmethod
+    def forward(ctx, logp, ref_logp, kind_code, backend):
+        ctx.save_for_backward(logp, ref_logp)
+        ctx.cfg = (kind_code, backend)
+        return torch.ops.smtpo_fast.kl_penalty_fwd(logp, ref_logp, kind_code, backend)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logp, ref_logp = ctx.saved_tensors
+        kind_code, backend = ctx.cfg
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        grad = torch.ops.smtpo_fast.kl_penalty_bwd(logp, ref_logp, grad_out.to(logp.dtype).contiguous(), kind_code,
+                                                   backend)
+        return grad, None, None, None
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1", *,
+               backend: str | None = None) -> torch.Tensor:
     """Per-token KL estimate between the policy and a reference policy, differentiable w.r.t. ``logp``.
 
     With ``d = logp - ref_logp`` (Schulman's estimators, as verl's ``kl_penalty``):
@@ -341,15 +459,15 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> 
     * ``"k1"``: ``d`` (verl ``"kl"``);
     * ``"k2"``: ``d**2 / 2`` (verl ``"mse"``);
     * ``"k3"``: ``exp(-d) + d - 1`` with ``-d`` clamped to [-20, 20] and the result to [-10, 10] (verl
-      ``"low_var_kl"``, the GRPO paper's KL term).
+      ``"low_var_kl"``, the GRPO paper's KL term); no gradient where a clamp binds.
 
-    Plain torch on every device (elementwise, float64 inside; ``torch.compile`` fuses it); NaN propagates
-    elementwise.
+    Every backend computes in float64 (k3 cancels badly in float32 near d = 0); NaN propagates elementwise.
 
     Args:
         logp: ``[...]`` float32 | float64 (bfloat16/float16 widened to float32), current policy log-probs.
         ref_logp: same shape, reference policy log-probs (no gradient).
         kind: ``"k1" | "k2" | "k3"``.
+        backend: ``"torch" | "cpu" | "cuda" | "triton"``; default: the fastest usable one (``$SMTPO_BACKEND``).
 
     Returns:
         ``[...]`` float32 (float64 if either input is float64); mask and aggregate it with ``masked_mean``.
@@ -362,13 +480,6 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> 
     if kind not in KL_KINDS:
         raise ValueError(f"kind: expected one of {KL_KINDS}, got {kind!r}")
     dt = _work_dtype(logp, ref_logp)
-    # float64 inside: k3 = e^x - x - 1 cancels badly in float32 for small x (relative error ~1e-5).
-    d = logp.double() - ref_logp.detach().double()
-    if kind == "k1":
-        out = d
-    elif kind == "k2":
-        out = 0.5 * d * d
-    else:
-        neg = torch.clamp(-d, -20.0, 20.0)
-        out = torch.clamp(torch.exp(neg) - neg - 1.0, -10.0, 10.0)
-    return out.to(dt)
+    name = _ext.select("kl_penalty", logp.device, backend)
+    return KlPenaltyFunction.apply(logp.to(dt).contiguous(), _as_float(ref_logp.detach(), dt),
+                                   KL_KINDS.index(kind), name)
