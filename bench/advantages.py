@@ -324,6 +324,23 @@ def main():
             t = time_fn(ppo_ours, device, reps)
             record("ppo_loss f+b", size, f"smtpo {name}", t, None, t_torch)
 
+        # KL penalty k3 (verl's low_var_kl), forward + backward, against autograd through verl's formula
+        ref_lp = old
+
+        def kl_ref():
+            lp = lp0.clone().requires_grad_(True)
+            kl = torch.clamp(ref_lp - lp, -20, 20)
+            torch.clamp(torch.exp(kl) - kl - 1, -10, 10).sum().backward()
+
+        t_torch = time_fn(kl_ref, device, max(2, reps // 3))
+        record("kl k3 f+b", size, "torch autograd", t_torch)
+        for name in smtpo_backends(device):
+            def kl_ours(name=name):
+                lp = lp0.clone().requires_grad_(True)
+                ops.kl_penalty(lp, ref_lp, kind="k3", backend=name).sum().backward()
+            t = time_fn(kl_ours, device, reps)
+            record("kl k3 f+b", size, f"smtpo {name}", t, None, t_torch)
+
     for B in group_sizes:
         size = f"B={B}"
         n_groups = max(1, int(B / 5.46))  # ~1,500 groups at B=8192, unequal sizes
