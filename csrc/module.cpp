@@ -4,6 +4,7 @@
 namespace py = pybind11;
 
 void register_logprob(py::module_& m);
+void register_advantages(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "smtpo-fast native kernels (raw-pointer interface; see smtpo_fast/_ext.py)";
@@ -13,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
   m.attr("built_with_cuda") = false;
 #endif
   register_logprob(m);
+  register_advantages(m);
 }

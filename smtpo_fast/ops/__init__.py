@@ -1,6 +1,29 @@
 """The public ops. Each is a plain function on torch tensors; see DESIGN.md §2 for the contract."""
 
 from .._ext import backends
+from .advantages import (
+    discounted_returns,
+    gae,
+    grpo_advantages,
+    masked_mean,
+    masked_whiten,
+    rloo_advantages,
+    turn_rewards_to_tokens,
+)
 from .logprob import token_logprobs, token_logprobs_reference
+from .policy_loss import kl_penalty, ppo_policy_loss
 
-__all__ = ["backends", "token_logprobs", "token_logprobs_reference"]
+__all__ = [
+    "backends",
+    "token_logprobs",
+    "token_logprobs_reference",
+    "grpo_advantages",
+    "rloo_advantages",
+    "gae",
+    "discounted_returns",
+    "turn_rewards_to_tokens",
+    "masked_mean",
+    "masked_whiten",
+    "ppo_policy_loss",
+    "kl_penalty",
+]
