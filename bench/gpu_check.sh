@@ -29,7 +29,7 @@ cd /tmp
 python3 -c "import smtpo_fast, json; print(json.dumps(smtpo_fast.ops.backends()))" 2>&1 | tee -a "$out/summary.txt"
 
 step "CUDA and Triton tests" | tee -a "$out/summary.txt"
-timeout 240 python3 -m pytest "$repo/tests" -q -x -p no:cacheprovider -k "cuda or triton or gpu" \
+timeout 240 python3 -m pytest "$repo/tests" -q --maxfail=25 -p no:cacheprovider -k "cuda or triton or gpu" \
   > "$out/tests.log" 2>&1
 echo "tests rc=$? : $(tail -1 "$out/tests.log")" | tee -a "$out/summary.txt"
 grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -20 | tee -a "$out/summary.txt"
@@ -38,4 +38,6 @@ step "benches" | tee -a "$out/summary.txt"
 timeout 150 python3 "$repo/bench/logprob.py" --device cuda --quick --out "$out/logprob.json" > "$out/bench_logprob.log" 2>&1
 echo "bench logprob rc=$?" | tee -a "$out/summary.txt"
 sed -n '/^ *dtype/,$p' "$out/bench_logprob.log" | tee -a "$out/summary.txt"
-# More benches are appended below as their ops land (each writes $out/<name>.json and a log).
+timeout 90 python3 "$repo/bench/advantages.py" --device cuda --quick --out "$out/advantages.json" > "$out/bench_advantages.log" 2>&1
+echo "bench advantages rc=$?" | tee -a "$out/summary.txt"
+sed -n '/^op /,$p' "$out/bench_advantages.log" | tee -a "$out/summary.txt"
