@@ -4,3 +4,7 @@ from .._ext import backends
 from .logprob import token_logprobs, token_logprobs_reference
 
 __all__ = ["backends", "token_logprobs", "token_logprobs_reference"]
+
+from .linear_logprob import linear_token_logprobs, linear_token_logprobs_reference  # noqa: E402
+
+__all__ += ["linear_token_logprobs", "linear_token_logprobs_reference"]
