@@ -16,7 +16,7 @@ import triton.language as tl
 def linear_logprob_fwd_kernel(
     h_ptr, w_ptr, b_ptr, labels_ptr, m_ptr, s_ptr, t_ptr, zl_ptr,
     N, V, H, stride_h, stride_w, inv_temp, ignore_index, cols_per_split,
-    HAS_BIAS: tl.constexpr, HAS_ENTROPY: tl.constexpr, FP32_DOT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_ENTROPY: tl.constexpr, FP32_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -40,6 +40,9 @@ def linear_logprob_fwd_kernel(
             k_ok = ks < H
             a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            if UPCAST_DOT:  # the interpreter's tl.dot reads bfloat16 bits as integers
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
             if FP32_DOT:
                 # float32 inputs get float32 products (no TF32), like torch's default matmul.
                 acc = tl.dot(a, b, acc, input_precision="ieee")
@@ -74,10 +77,10 @@ def launch_config(N: int, V: int, H: int, dtype: torch.dtype, device: torch.devi
     if device.type == "cuda":
         wide = dtype != torch.float32
         cfg = dict(BLOCK_M=128 if wide else 64, BLOCK_N=128 if wide else 64, BLOCK_K=64 if wide else 32,
-                   num_warps=8 if wide else 4, num_stages=3)
+                   num_warps=8 if wide else 4, num_stages=3, UPCAST_DOT=False)
         target_programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     else:  # the interpreter: few large programs run fastest; several splits keep the merge exercised
-        cfg = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=1)
+        cfg = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=1, UPCAST_DOT=True)
         target_programs = 4 * max(1, triton.cdiv(N, 32))
     row_blocks = max(1, triton.cdiv(N, cfg["BLOCK_M"]))
     n_tiles = triton.cdiv(V, cfg["BLOCK_N"])

@@ -183,6 +183,7 @@ def _forward_fused_triton(hidden, weight, bias, labels, inv_temp, ignore_index, 
             hidden, weight, bias if bias is not None else hidden, labels, m, s, t, zl,
             N, V, H, hidden.stride(0), weight.stride(0), inv_temp, ignore_index, cfg["COLS_PER_SPLIT"],
             HAS_BIAS=bias is not None, HAS_ENTROPY=with_entropy, FP32_DOT=hidden.dtype == torch.float32,
+            UPCAST_DOT=cfg["UPCAST_DOT"],
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
@@ -314,22 +315,21 @@ def _linear_token_logprobs_bwd(
         hidden, weight, bias, labels, lse, entropy, grad_logp, grad_entropy, inv_temp, ignore_index,
         rows, cols, backend, need_hidden, need_weight, need_bias and bias is not None,
     )
-    empty = hidden.new_empty(0)
+    # Gradients not asked for come back as distinct empty tensors (custom ops may not return aliases).
     return (
-        empty if dh is None else dh.to(hidden.dtype),
-        empty if dw is None else dw,
-        empty if db is None else db.to(bias.dtype),
+        hidden.new_empty(0) if dh is None else dh.to(hidden.dtype),
+        hidden.new_empty(0) if dw is None else dw,
+        hidden.new_empty(0) if db is None else db.to(bias.dtype),
     )
 
 
 @_linear_token_logprobs_bwd.register_fake
 def _(hidden, weight, bias, labels, lse, entropy, grad_logp, grad_entropy, inv_temp, ignore_index, rows, cols,
       backend, need_hidden, need_weight, need_bias):
-    empty = hidden.new_empty(0)
     return (
-        torch.empty_like(hidden) if need_hidden else empty,
-        torch.empty_like(weight) if need_weight else empty,
-        torch.empty_like(bias) if (need_bias and bias is not None) else empty,
+        torch.empty_like(hidden) if need_hidden else hidden.new_empty(0),
+        torch.empty_like(weight) if need_weight else hidden.new_empty(0),
+        torch.empty_like(bias) if (need_bias and bias is not None) else hidden.new_empty(0),
     )
 
 
