@@ -176,13 +176,13 @@ def test_tied_weights_sum_both_gradients(backend, device):
 def test_frozen_head_and_frozen_hidden(backend, device):
     hidden, weight, b, labels = make_inputs(9, 15, 8, 60, torch.float32)
     dev = torch.device(device)
-    h = hidden.to(dev).requires_grad_()
+    h = hidden.clone().to(dev).requires_grad_()
     linear_token_logprobs(h, weight.to(dev), labels.to(dev), bias=b.to(dev), vocab_chunk_size=32,
                           backend=backend).sum().backward()
     hr = hidden.double().requires_grad_()
     linear_token_logprobs_reference(hr, weight.double(), labels, b.double()).sum().backward()
     assert_close(h.grad, hr.grad, rtol=5e-5, atol=5e-5, what="d hidden (frozen head)")
-    w = weight.to(dev).requires_grad_()
+    w = weight.clone().to(dev).requires_grad_()
     linear_token_logprobs(hidden.to(dev), w, labels.to(dev), backend=backend).sum().backward()
     wr = weight.double().requires_grad_()
     linear_token_logprobs_reference(hidden.double(), wr, labels).sum().backward()
