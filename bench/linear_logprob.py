@@ -14,6 +14,7 @@ RSS high-water mark (VmHWM) minus its RSS after the inputs were built, measured 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -23,7 +24,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# This source tree when its native module is built in place (scripts/dev_build.sh), else the installed package
+# (the GPU check pip-installs, with CUDA, and runs from elsewhere).
+_REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+if glob.glob(os.path.join(_REPO, "smtpo_fast", "_C*.so")):
+    sys.path.insert(0, _REPO)
 
 SHAPES = {"smollm2-135m": (576, 49152), "qwen2.5-0.5b": (896, 151936), "h4096-v151936": (4096, 151936)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -224,6 +229,7 @@ def main():
         "fresh subprocess per row: VmHWM - VmRSS after inputs, over the first call",
         time_method="median of reps after a warm-up" if args.device == "cuda" else "min over the first call + reps",
         loss="-(logp).sum(); fwd rows run under torch.no_grad()",
+        smtpo_backends=__import__("smtpo_fast").ops.backends(),
         skipped_for_time=skipped,
         wall_s=time.perf_counter() - start,
     )
