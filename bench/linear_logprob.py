@@ -146,6 +146,29 @@ def measure_cpu_worker(spec):
     return {"time_s": min(times), "times_s": times, "peak_extra_mib": peak / 1024}
 
 
+def measure_cpu_rounds(names, N, H, V, dt, backward, reps, rounds):
+    """Every variant once per round, in turn, each in a fresh process: load from other jobs on a shared machine
+    then falls on all variants alike. Time: the best round; memory: the largest high-water mark over rounds."""
+    results = {name: None for name in names}
+    for _ in range(rounds):
+        for name in names:
+            spec = dict(variant=name, N=N, H=H, V=V, dtype=dt, backward=backward, reps=reps)
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                results[name] = {"time_s": None, "peak_extra_mib": None, "error": proc.stderr.strip()[-300:]}
+                continue
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            prev = results[name]
+            if prev is None or prev.get("error"):
+                results[name] = res
+            else:
+                prev["times_s"] += res["times_s"]
+                prev["time_s"] = min(prev["time_s"], res["time_s"])
+                prev["peak_extra_mib"] = max(prev["peak_extra_mib"], res["peak_extra_mib"])
+    return results
+
+
 def measure_cuda(fn, N, H, V, dtype, backward, reps):
     torch.cuda.empty_cache()
     h, w, y = make_inputs(N, H, V, dtype, "cuda", backward)
@@ -193,7 +216,8 @@ def main():
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="GPU: N=8192 shapes + one N=2048, fewer reps (<= 60 s H100)")
     ap.add_argument("--full", action="store_true", help="every N, shape, dtype (CPU: hours on 2 cores)")
-    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None, help="timed calls after the first (CPU: per process)")
+    ap.add_argument("--rounds", type=int, default=3, help="CPU: fresh processes per variant, interleaved")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new configs after this many seconds")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -202,7 +226,7 @@ def main():
         print(json.dumps(measure_cpu_worker(json.loads(args.worker))))
         return
 
-    reps = args.reps if args.reps is not None else (3 if args.quick else (1 if args.device == "cpu" else 10))
+    reps = args.reps if args.reps is not None else (3 if args.quick else (0 if args.device == "cpu" else 10))
     budget = args.budget_s if args.budget_s is not None else (50.0 if args.quick else float("inf"))
     start = time.perf_counter()
     names = list(variants(args.device))
@@ -213,19 +237,12 @@ def main():
             continue
         H, V = SHAPES[shape]
         backward = mode == "fwd+bwd"
-        group = []
-        for name in names:
-            if args.device == "cpu":
-                spec = dict(variant=name, N=N, H=H, V=V, dtype=dt, backward=backward, reps=reps)
-                proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                      text=True)
-                if proc.returncode != 0:
-                    res = {"time_s": None, "peak_extra_mib": None, "error": proc.stderr.strip()[-300:]}
-                else:
-                    res = json.loads(proc.stdout.strip().splitlines()[-1])
-            else:
-                res = measure_cuda(variants("cuda")[name], N, H, V, DTYPES[dt], backward, reps)
-            group.append(dict(device=args.device, shape=shape, N=N, H=H, V=V, dtype=dt, mode=mode, variant=name, **res))
+        if args.device == "cpu":
+            results = measure_cpu_rounds(names, N, H, V, dt, backward, reps, args.rounds)
+        else:
+            results = {name: measure_cuda(variants("cuda")[name], N, H, V, DTYPES[dt], backward, reps) for name in names}
+        group = [dict(device=args.device, shape=shape, N=N, H=H, V=V, dtype=dt, mode=mode, variant=name, **res)
+                 for name, res in results.items()]
         ref = next((r for r in group if r["variant"] == "naive" and r["time_s"]), None)
         for r in group:
             ok = ref is not None and r["time_s"] is not None
@@ -240,7 +257,8 @@ def main():
         memory_method="torch.cuda.max_memory_allocated - allocated after inputs" if args.device == "cuda" else
         "fresh subprocess per row, warmed up on tiny inputs: VmHWM (reset via clear_refs) - VmRSS after "
         "inputs, over the first full-size call",
-        time_method="median of reps after a warm-up" if args.device == "cuda" else "min over the first call + reps",
+        time_method="median of reps after a warm-up" if args.device == "cuda" else
+        f"best of {args.rounds} interleaved rounds (fresh process each, first full-size call + {reps} reps)",
         loss="-(logp).sum(); fwd rows run under torch.no_grad()",
         smtpo_backends=__import__("smtpo_fast").ops.backends(),
         skipped_for_time=skipped,

@@ -245,11 +245,10 @@ def _backward_chunked(
         v1 = min(V, v0 + cols)
         w_v = weight[v0:v1]
         b_v = None if bias is None else bias[v0:v1]
-        if need_w:
-            # Where the d weight rows of this tile are summed over several row tiles, in float32.
-            acc = dw[v0:v1] if weight.dtype == f32 else (None if single_row_tile else w_acc[: v1 - v0])
-            if acc is not None:
-                acc.zero_()
+        acc = None  # where this tile's d weight rows are summed over several row tiles, in float32
+        if need_w and not single_row_tile:
+            acc = dw[v0:v1] if weight.dtype == f32 else w_acc[: v1 - v0]
+            acc.zero_()
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
             h = hidden[r0:r1]
@@ -279,7 +278,7 @@ def _backward_chunked(
                     acc.add_(torch.mm(tile.T, h))
             if need_b:
                 db[v0:v1] += tile.sum(0, dtype=f32)
-        if need_w and acc is not None and acc.data_ptr() != dw[v0:v1].data_ptr():
+        if acc is not None and acc.dtype != dw.dtype:
             dw[v0:v1].copy_(acc)
     return dh, dw, db
 
