@@ -69,14 +69,18 @@ def liger():
 
 
 def variants(device: str):
-    out = {"naive": naive, "chunked-torch": chunked_torch, "smtpo": smtpo()}
-    if device == "cuda":
+    out = {"naive": naive, "chunked-torch": chunked_torch}
+    if device == "cpu":
+        out["smtpo"] = smtpo()
+    else:  # both CUDA paths: cuBLAS tiles + the CUDA softmax kernel, and the fused Triton forward (the default)
         from smtpo_fast import _ext
 
         if _ext.available("cuda", torch.device("cuda")):
             out["smtpo-cuda-chunked"] = smtpo("cuda")
         if _ext.available("triton", torch.device("cuda")):
             out["smtpo-triton-fused"] = smtpo("triton")
+        if len(out) == 2:
+            out["smtpo"] = smtpo()
         lg = liger()
         if lg is not None:
             out["liger-flce"] = lg
