@@ -129,6 +129,14 @@ def test_large_logits(backend, device):
     run_case(backend, device, hidden, weight, b, labels, chunk_size=10, vocab_chunk_size=96)
 
 
+@pytest.mark.parametrize("backend,device", PAIRS)
+def test_low_precision_d_hidden_in_row_blocks(backend, device, monkeypatch):
+    # bf16 d hidden products are added to the float32 accumulator a few rows at a time: blocks must tile the rows.
+    monkeypatch.setattr(LL, "_DH_BLOCK_ROWS", 5)
+    hidden, weight, b, labels = make_inputs(12, 23, 16, 130, torch.bfloat16)
+    run_case(backend, device, hidden, weight, b, labels, vocab_chunk_size=64)
+
+
 def test_float64_runs_exactly_on_torch_backend():
     hidden, weight, b, labels = make_inputs(7, 17, 10, 90, torch.float64)
     h = hidden.clone().requires_grad_()

@@ -25,6 +25,8 @@ HIDDEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 # A vocabulary tile narrower than this makes the matmuls inefficient; tiles are also rounded to it.
 _MIN_VOCAB_TILE = 128
+# Rows per low-precision d hidden product before it is added to the float32 accumulator.
+_DH_BLOCK_ROWS = 1024
 # Rows whose local label points at no column: the local ignore index of the tile kernels (labels are >= 0 there).
 _NO_LABEL = -1
 
@@ -267,8 +269,10 @@ def _backward_chunked(
                 dh_rows = dh[r0:r1]
                 if tile.dtype == f32:
                     dh_rows.addmm_(tile, w_v)
-                else:
-                    dh_rows.add_(torch.mm(tile, w_v))
+                else:  # addmm cannot mix dtypes: products in row blocks keep the low-precision temporary small
+                    for s0 in range(0, r1 - r0, _DH_BLOCK_ROWS):
+                        s1 = min(r1 - r0, s0 + _DH_BLOCK_ROWS)
+                        dh_rows[s0:s1].add_(torch.mm(tile[s0:s1], w_v))
             if need_w:
                 if acc is None:  # one row tile covers all tokens: one matmul, straight into d weight
                     torch.mm(tile.T, h, out=dw[v0:v1])
