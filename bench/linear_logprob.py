@@ -244,7 +244,8 @@ def main():
         if args.device == "cpu":
             results = measure_cpu_rounds(names, N, H, V, dt, backward, reps, args.rounds)
         else:
-            results = {name: measure_cuda(variants("cuda")[name], N, H, V, DTYPES[dt], backward, reps) for name in names}
+            fns = variants("cuda")
+            results = {name: measure_cuda(fns[name], N, H, V, DTYPES[dt], backward, reps) for name in names}
         group = [dict(device=args.device, shape=shape, N=N, H=H, V=V, dtype=dt, mode=mode, variant=name, **res)
                  for name, res in results.items()]
         ref = next((r for r in group if r["variant"] == "naive" and r["time_s"]), None)

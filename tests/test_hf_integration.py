@@ -103,7 +103,8 @@ def test_nll_equals_hf_loss_with_prompt_labels(family):
 
 def test_peft_lora_model():
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model = peft.get_peft_model(tiny_model("llama"), lora)
     with torch.no_grad():  # LoRA B starts at 0: make the adapters matter
         for n, p in model.named_parameters():
             if "lora_B" in n:

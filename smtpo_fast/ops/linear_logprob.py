@@ -13,6 +13,7 @@ Order as in logprob.py: reference, tiling plan, host functions, torch.library op
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -182,7 +183,7 @@ def _forward_fused_triton(hidden, weight, bias, labels, inv_temp, ignore_index, 
     t = torch.empty_like(m) if with_entropy else m
     zl = torch.empty_like(m)
     if N:
-        K.linear_logprob_fwd_kernel[(triton_cdiv(N, cfg["BLOCK_M"]), splits)](
+        K.linear_logprob_fwd_kernel[(_cdiv(N, cfg["BLOCK_M"]), splits)](
             hidden, weight, bias if bias is not None else hidden, labels, m, s, t, zl,
             N, V, H, hidden.stride(0), weight.stride(0), inv_temp, ignore_index, cfg["COLS_PER_SPLIT"],
             HAS_BIAS=bias is not None, HAS_ENTROPY=with_entropy, FP32_DOT=hidden.dtype == torch.float32,
@@ -211,7 +212,7 @@ def _stat_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.float64 if hidden.dtype == torch.float64 else torch.float32
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -305,7 +306,8 @@ def _linear_token_logprobs_fwd(
 @_linear_token_logprobs_fwd.register_fake
 def _(hidden, weight, bias, labels, inv_temp, ignore_index, with_entropy, rows, cols, backend):
     n, dt = hidden.shape[0], _stat_dtype(hidden)
-    return hidden.new_empty(n, dtype=dt), hidden.new_empty(n if with_entropy else 0, dtype=dt), hidden.new_empty(n, dtype=dt)
+    ent = hidden.new_empty(n if with_entropy else 0, dtype=dt)
+    return hidden.new_empty(n, dtype=dt), ent, hidden.new_empty(n, dtype=dt)
 
 
 @torch.library.custom_op("smtpo_fast::linear_token_logprobs_bwd", mutates_args=())
@@ -380,8 +382,6 @@ def _select_backend(device: torch.device, backend: Optional[str]) -> str:
 
 
 def _forced_by_env() -> bool:
-    import os
-
     return bool(os.environ.get("SMTPO_BACKEND"))
 
 
