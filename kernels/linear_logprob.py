@@ -12,7 +12,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# Sizes only bound loops and masks: one compiled kernel serves every N and V (strides stay specialised, for
+# aligned vector loads).
+@triton.jit(do_not_specialize=["N", "V", "ignore_index", "cols_per_split"])
 def linear_logprob_fwd_kernel(
     h_ptr, w_ptr, b_ptr, labels_ptr, m_ptr, s_ptr, t_ptr, zl_ptr,
     N, V, H, stride_h, stride_w, inv_temp, ignore_index, cols_per_split,
