@@ -19,6 +19,7 @@ def linear_logprob_fwd_kernel(
     h_ptr, w_ptr, b_ptr, labels_ptr, m_ptr, s_ptr, t_ptr, zl_ptr,
     N, V, H, stride_h, stride_w, inv_temp, ignore_index, cols_per_split,
     HAS_BIAS: tl.constexpr, HAS_ENTROPY: tl.constexpr, FP32_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -39,9 +40,15 @@ def linear_logprob_fwd_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, H, BLOCK_K):
             ks = k0 + ks0
-            k_ok = ks < H
-            a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+            a_ptrs = h_ptr + rows[:, None] * stride_h + ks[None, :]
+            b_ptrs = w_ptr + cols[None, :] * stride_w + ks[:, None]
+            if EVEN_K:  # no mask along H: Hopper's software pipeliner then overlaps these loads with the MMA
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs, mask=col_ok[None, :], other=0.0)
+            else:
+                k_ok = ks < H
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=col_ok[None, :] & k_ok[:, None], other=0.0)
             if UPCAST_DOT:  # the interpreter's tl.dot reads bfloat16 bits as integers
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
@@ -89,5 +96,6 @@ def launch_config(N: int, V: int, H: int, dtype: torch.dtype, device: torch.devi
     splits = max(1, min(n_tiles, triton.cdiv(target_programs, row_blocks)))
     cols = triton.cdiv(n_tiles, splits) * cfg["BLOCK_N"]
     cfg["COLS_PER_SPLIT"] = cols
+    cfg["EVEN_K"] = H % cfg["BLOCK_K"] == 0
     cfg["SPLITS"] = triton.cdiv(V, cols)
     return cfg

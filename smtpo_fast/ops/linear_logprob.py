@@ -187,7 +187,7 @@ def _forward_fused_triton(hidden, weight, bias, labels, inv_temp, ignore_index, 
             hidden, weight, bias if bias is not None else hidden, labels, m, s, t, zl,
             N, V, H, hidden.stride(0), weight.stride(0), inv_temp, ignore_index, cfg["COLS_PER_SPLIT"],
             HAS_BIAS=bias is not None, HAS_ENTROPY=with_entropy, FP32_DOT=hidden.dtype == torch.float32,
-            UPCAST_DOT=cfg["UPCAST_DOT"],
+            UPCAST_DOT=cfg["UPCAST_DOT"], EVEN_K=cfg["EVEN_K"],
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
