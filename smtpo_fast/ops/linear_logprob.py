@@ -64,7 +64,11 @@ def _tile_budget_bytes(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(min(64 << 20, max(8 << 20, free // 16)))
     # CPU: matmul speed is flat from 32 to 256 MiB tiles (2-core AVX-512 bench); take the smaller footprint.
-    return 64 << 20
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        free = 1 << 40
+    return int(min(64 << 20, max(8 << 20, free // 16)))
 
 
 def _round_vocab_tile(cols: int, V: int) -> int:
