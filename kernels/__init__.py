@@ -2,3 +2,4 @@
 
 from . import logprob  # noqa: F401
 from . import advantages  # noqa: F401
+from . import linear_logprob  # noqa: F401

@@ -10,6 +10,7 @@ from .advantages import (
     rloo_advantages,
     turn_rewards_to_tokens,
 )
+from .linear_logprob import linear_token_logprobs, linear_token_logprobs_reference
 from .logprob import token_logprobs, token_logprobs_reference
 from .policy_loss import kl_penalty, ppo_policy_loss
 
@@ -17,6 +18,8 @@ __all__ = [
     "backends",
     "token_logprobs",
     "token_logprobs_reference",
+    "linear_token_logprobs",
+    "linear_token_logprobs_reference",
     "grpo_advantages",
     "rloo_advantages",
     "gae",
