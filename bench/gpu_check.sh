@@ -41,3 +41,6 @@ sed -n '/^ *dtype/,$p' "$out/bench_logprob.log" | tee -a "$out/summary.txt"
 timeout 90 python3 "$repo/bench/advantages.py" --device cuda --quick --out "$out/advantages.json" > "$out/bench_advantages.log" 2>&1
 echo "bench advantages rc=$?" | tee -a "$out/summary.txt"
 sed -n '/^op /,$p' "$out/bench_advantages.log" | tee -a "$out/summary.txt"
+timeout 120 python3 "$repo/bench/linear_logprob.py" --device cuda --quick --out "$out/linear_logprob.json" > "$out/bench_linear_logprob.log" 2>&1
+echo "bench linear_logprob rc=$?" | tee -a "$out/summary.txt"
+sed -n '/^ *shape/,$p' "$out/bench_linear_logprob.log" | tee -a "$out/summary.txt"
