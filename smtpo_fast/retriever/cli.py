@@ -75,7 +75,7 @@ def _eval_command(args) -> int:
     caption = (f"Candidate recall on {test_file.name}: {len(turns)} recommendation turns "
                f"({'including' if args.include_empty_context else 'with a non-empty context, excluding'} empty "
                f"contexts), {n_pairs} (turn, target) pairs, targets = {which}; items already mentioned are never "
-               f"candidates; encoder {retriever.config.encoder}.")
+               f"candidates; encoder {retriever.encoder.name}.")
     table = results_table(results, caption=caption)
     print(table)
     if args.table_out:

@@ -50,16 +50,17 @@ def evaluate_retriever(retriever, turns, ks=(10, 50, 100), methods=METHODS, pred
     """Recall@k per method on `turns` (already filtered by `evaluation_turns`); optionally writes the fused
     ranking (or the last method's) per turn as JSON lines."""
     targets = [t["eval_targets"] for t in turns]
+    methods = [m for m in methods if m != "fused" or retriever.model is not None]
+    scores_by_method = retriever.score_methods(turns, methods, progress=progress)
     results, kmax = {}, max(max(ks), 100)
     for method in methods:
-        if method == "fused" and retriever.model is None:
-            continue
-        scores = retriever.score(turns, method, progress=progress and method == methods[0])
+        scores = scores_by_method[method]
         top = np.argsort(-scores, axis=1, kind="stable")[:, :kmax]
         results[method] = recall_at(top, retriever.item_ids, targets, ks)
-        if predictions_out and (method == "fused" or method == methods[-1]):
+        if predictions_out and method == ("fused" if "fused" in methods else methods[-1]):
             with open(predictions_out, "w", encoding="utf-8") as f:
                 for t, row, srow in zip(turns, top, scores):
+                    row = [i for i in row if np.isfinite(srow[i])]  # excluded (already mentioned) items
                     f.write(json.dumps({
                         "dialogue_id": t["dialogue_id"], "turn_index": t["turn_index"], "method": method,
                         "targets": t["eval_targets"], "candidates": [retriever.item_ids[i] for i in row],

@@ -49,7 +49,7 @@ class RetrieverConfig:
     """Dimension of the collaborative item embeddings (truncated SVD of the positive-PMI co-mention matrix)."""
     folds: int = 5
     """Training turns get their collaborative scores from a model built on the other folds' dialogues, so the
-    fusion never sees co-mention counts that include the turn's own dialogue."""
+    fusion never sees co-mention counts that include the turn's own dialogue (1: no folds, for tiny data)."""
     hidden: int = 128
     """Width of the fusion module."""
     heads: int = 4
@@ -223,10 +223,14 @@ class DualViewRetriever:
         item_co_by_fold = {}
         for fold in range(cfg.folds):
             held = {d for d, f in fold_of.items() if f == fold}
-            collab = CoMention(len(self.item_ids), [by_dialogue[d] for d in dialogue_ids if d not in held],
-                               cfg.collab_dim, cfg.seed)
-            common = np.intersect1d(collab.active, self.collab.active)
-            rotation = procrustes(collab.embeddings[common], self.collab.embeddings[common]) if len(common) > 1 else None
+            if cfg.folds > 1:
+                collab = CoMention(len(self.item_ids), [by_dialogue[d] for d in dialogue_ids if d not in held],
+                                   cfg.collab_dim, cfg.seed)
+                common = np.intersect1d(collab.active, self.collab.active)
+                rotation = (procrustes(collab.embeddings[common], self.collab.embeddings[common])
+                            if len(common) > 1 else None)
+            else:  # one fold: the full model scores its own training turns (leaky; for tiny data only)
+                collab, rotation = self.collab, None
             rows = [r for r in rows_needed if turns[r]["dialogue_id"] in held]
             for chunk in range(0, len(rows), 256):
                 part = rows[chunk:chunk + 256]
@@ -312,33 +316,45 @@ class DualViewRetriever:
               progress: bool = False) -> np.ndarray:
         """[B, n_items] scores (higher is better; excluded items -inf). `method`: 'fused' or one of
         `SINGLE_VIEWS`."""
+        return self.score_methods(queries, (method,), batch_size, progress)[method]
+
+    def score_methods(self, queries: list[dict], methods, batch_size: int = 128,
+                      progress: bool = False) -> dict[str, np.ndarray]:
+        """`score` for several methods at once, computing the views' features once per batch."""
         if self.item_semantic is None:
             self.prepare_items(progress)
+        if "fused" in methods and self.model is None:
+            raise RuntimeError("the fusion module is not trained: call fit() or load()")
         enc = self.encode_queries(queries, progress=progress)
-        out = np.zeros((len(queries), len(self.item_ids)), dtype=np.float32)
-        for start in range(0, len(queries), batch_size):
+        out = {m: np.zeros((len(queries), len(self.item_ids)), dtype=np.float32) for m in methods}
+        batches = range(0, len(queries), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, desc="scoring", unit="batch")
+        for start in batches:
             rows = list(range(start, min(start + batch_size, len(queries))))
             feats, ctx_co, item_co = self.raw_features(enc, rows, self.collab)
-            if method == "fused":
-                if self.model is None:
-                    raise RuntimeError("the fusion module is not trained: call fit() or load()")
-                mask = torch.zeros(len(rows), 4, dtype=torch.bool)
-                no_items = torch.tensor([not enc["context_items"][r] for r in rows])
-                mask[:, 2] = no_items
-                mask[:, 3] = no_items
-                sem = torch.from_numpy(np.stack([enc["sem_context"][rows], enc["sem_feedback"][rows],
-                                                 enc["sem_items"][rows]], 1))
-                with torch.no_grad():
-                    scores = self.model(sem, torch.from_numpy(ctx_co), mask, torch.from_numpy(self.item_semantic),
-                                        torch.from_numpy(np.ascontiguousarray(item_co)),
-                                        torch.from_numpy(feats)).numpy()
-            else:
-                names = SINGLE_VIEWS[method]
-                scores = feats[..., [FEATURES.index(n) for n in names]].sum(-1)
-                if method == "collaborative":
-                    scores = scores + 1e-3 * feats[..., FEATURES.index("popularity")]
-            scores[self.exclusion_mask(enc, rows)] = -np.inf
-            out[rows] = scores
+            excluded = self.exclusion_mask(enc, rows)
+            for method in methods:
+                if method == "fused":
+                    mask = torch.zeros(len(rows), 4, dtype=torch.bool)
+                    no_items = torch.tensor([not enc["context_items"][r] for r in rows])
+                    mask[:, 2] = no_items
+                    mask[:, 3] = no_items
+                    sem = torch.from_numpy(np.stack([enc["sem_context"][rows], enc["sem_feedback"][rows],
+                                                     enc["sem_items"][rows]], 1))
+                    with torch.no_grad():
+                        scores = self.model(sem, torch.from_numpy(ctx_co), mask,
+                                            torch.from_numpy(self.item_semantic),
+                                            torch.from_numpy(np.ascontiguousarray(item_co)),
+                                            torch.from_numpy(feats)).numpy()
+                else:
+                    names = SINGLE_VIEWS[method]
+                    scores = feats[..., [FEATURES.index(n) for n in names]].sum(-1)
+                    if method == "collaborative":
+                        scores = scores + 1e-3 * feats[..., FEATURES.index("popularity")]
+                scores[excluded] = -np.inf
+                out[method][rows] = scores
         return out
 
     def topk(self, contexts: list[dict], k: int = 50, method: str = "fused") -> tuple[list[list[str]], np.ndarray]:
