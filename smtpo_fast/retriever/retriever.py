@@ -20,8 +20,8 @@ from .collaborative import CoMention
 from .encoders import CachedEncoder, load_encoder
 from .model import FusionModel
 
-FEATURES = ("semantic_context", "semantic_feedback", "semantic_items", "co_count", "co_cosine", "co_embedding",
-            "bm25", "popularity")
+FEATURES = ("semantic_context", "semantic_feedback", "semantic_items", "semantic_recent", "co_count", "co_cosine",
+            "co_embedding", "co_recent", "bm25", "popularity")
 SINGLE_VIEWS = {
     # The semantic view alone: context text and the mentioned items' text against item text.
     "semantic": ("semantic_context", "semantic_items"),
@@ -157,8 +157,13 @@ class DualViewRetriever:
             if items:
                 v = self.item_semantic[items].mean(0)
                 sem_items[row] = v / max(float(np.linalg.norm(v)), 1e-8)
-        return {"text": full, "feedback": feedback, "context_items": context_items,
-                "sem_context": sem_context, "sem_feedback": sem_feedback, "sem_items": sem_items}
+        # The movie mentioned last is what the conversation is about now ("something like X").
+        sem_recent = np.zeros_like(sem_context)
+        for row, items in enumerate(context_items):
+            if items:
+                sem_recent[row] = self.item_semantic[items[-1]]
+        return {"text": full, "feedback": feedback, "context_items": context_items, "sem_context": sem_context,
+                "sem_feedback": sem_feedback, "sem_items": sem_items, "sem_recent": sem_recent}
 
     def raw_features(self, enc: dict, rows, collab: CoMention, collab_rotation: np.ndarray | None = None):
         """[B, n_items, F] z-scored view scores, the collaborative context embeddings [B, C] and the item
@@ -166,6 +171,7 @@ class DualViewRetriever:
         rows = list(rows)
         ctx_items = [enc["context_items"][r] for r in rows]
         co_raw, co_cos = collab.scores(ctx_items)
+        co_recent, _ = collab.scores([items[-1:] for items in ctx_items])
         item_co = collab.embeddings if collab_rotation is None else collab.embeddings @ collab_rotation
         ctx_co = np.zeros((len(rows), item_co.shape[1]), dtype=np.float32)
         for k, items in enumerate(ctx_items):
@@ -175,9 +181,11 @@ class DualViewRetriever:
             enc["sem_context"][rows] @ self.item_semantic.T,
             enc["sem_feedback"][rows] @ self.item_semantic.T,
             enc["sem_items"][rows] @ self.item_semantic.T,
+            enc["sem_recent"][rows] @ self.item_semantic.T,
             np.log1p(co_raw),
             co_cos,
             ctx_co @ item_co.T,
+            np.log1p(co_recent),
             self.bm25.batch_scores([enc["text"][r] for r in rows]),
             np.broadcast_to(np.log1p(collab.popularity), co_raw.shape),
         ], axis=-1)
@@ -212,6 +220,7 @@ class DualViewRetriever:
         self.collab = CoMention(len(self.item_ids), [by_dialogue[d] for d in dialogue_ids], cfg.collab_dim, cfg.seed)
         # Pairs to learn from: each new target of each turn with a context.
         enc = self.encode_queries([dict(t) for t in turns], progress=progress)
+        timing = {"encode_seconds": time.time() - start}
         fold_of = {d: k % cfg.folds for k, d in enumerate(rng.permutation(dialogue_ids))}
         pairs = [(r, self.item_index[i]) for r, t in enumerate(turns) for i in t["new_target_ids"]
                  if i in self.item_index and t["context"]]
@@ -238,6 +247,7 @@ class DualViewRetriever:
                 feats[part] = f
                 ctx_co[part] = c
             item_co_by_fold[fold] = item_co
+        timing["features_seconds"] = time.time() - start - timing["encode_seconds"]
         fold_index = np.array([fold_of[t["dialogue_id"]] for t in turns])
         exclude = self.exclusion_mask(enc, range(len(turns)))
         targets_of = [set(self.item_indices(t["all_target_ids"])) for t in turns]
@@ -308,7 +318,7 @@ class DualViewRetriever:
             if progress:
                 bar.set_postfix(loss=f"{total / count:.3f}")
         self.model.eval()
-        self.train_log.append({"pairs": len(pairs), "turns": len(turns), "seconds": time.time() - start})
+        self.train_log.append({"pairs": len(pairs), "turns": len(turns), "seconds": time.time() - start, **timing})
         return self
 
     # ------------------------------------------------------------------------------------------- inference
