@@ -20,8 +20,8 @@ from .collaborative import CoMention
 from .encoders import CachedEncoder, load_encoder
 from .model import FusionModel
 
-FEATURES = ("semantic_context", "semantic_feedback", "semantic_items", "semantic_recent", "co_count", "co_cosine",
-            "co_embedding", "co_recent", "bm25", "popularity")
+FEATURES = ("semantic_context", "semantic_feedback", "semantic_items", "co_count", "co_cosine", "co_embedding",
+            "bm25", "popularity")
 SINGLE_VIEWS = {
     # The semantic view alone: context text and the mentioned items' text against item text.
     "semantic": ("semantic_context", "semantic_items"),
@@ -157,13 +157,8 @@ class DualViewRetriever:
             if items:
                 v = self.item_semantic[items].mean(0)
                 sem_items[row] = v / max(float(np.linalg.norm(v)), 1e-8)
-        # The movie mentioned last is what the conversation is about now ("something like X").
-        sem_recent = np.zeros_like(sem_context)
-        for row, items in enumerate(context_items):
-            if items:
-                sem_recent[row] = self.item_semantic[items[-1]]
         return {"text": full, "feedback": feedback, "context_items": context_items, "sem_context": sem_context,
-                "sem_feedback": sem_feedback, "sem_items": sem_items, "sem_recent": sem_recent}
+                "sem_feedback": sem_feedback, "sem_items": sem_items}
 
     def raw_features(self, enc: dict, rows, collab: CoMention, collab_rotation: np.ndarray | None = None):
         """[B, n_items, F] z-scored view scores, the collaborative context embeddings [B, C] and the item
@@ -171,7 +166,6 @@ class DualViewRetriever:
         rows = list(rows)
         ctx_items = [enc["context_items"][r] for r in rows]
         co_raw, co_cos = collab.scores(ctx_items)
-        co_recent, _ = collab.scores([items[-1:] for items in ctx_items])
         item_co = collab.embeddings if collab_rotation is None else collab.embeddings @ collab_rotation
         ctx_co = np.zeros((len(rows), item_co.shape[1]), dtype=np.float32)
         for k, items in enumerate(ctx_items):
@@ -181,11 +175,9 @@ class DualViewRetriever:
             enc["sem_context"][rows] @ self.item_semantic.T,
             enc["sem_feedback"][rows] @ self.item_semantic.T,
             enc["sem_items"][rows] @ self.item_semantic.T,
-            enc["sem_recent"][rows] @ self.item_semantic.T,
             np.log1p(co_raw),
             co_cos,
             ctx_co @ item_co.T,
-            np.log1p(co_recent),
             self.bm25.batch_scores([enc["text"][r] for r in rows]),
             np.broadcast_to(np.log1p(collab.popularity), co_raw.shape),
         ], axis=-1)
@@ -252,9 +244,10 @@ class DualViewRetriever:
         exclude = self.exclusion_mask(enc, range(len(turns)))
         targets_of = [set(self.item_indices(t["all_target_ids"])) for t in turns]
         # Hard negatives: what the untrained sum of view scores ranks highest but is not a target.
-        zsum = feats.astype(np.float32).sum(-1)
+        zsum = feats.sum(-1, dtype=np.float32)
         zsum[exclude] = -np.inf
-        hard = np.argsort(-zsum, axis=1)[:, : cfg.hard_negatives + 10]
+        n_hard = min(cfg.hard_negatives + 10, zsum.shape[1] - 1)
+        hard = np.argpartition(-zsum, n_hard, axis=1)[:, :n_hard]
 
         sem_dim = self.item_semantic.shape[1]
         self.model = FusionModel(sem_dim, cfg.collab_dim, len(FEATURES), cfg.hidden, cfg.heads, cfg.dropout)
@@ -284,19 +277,16 @@ class DualViewRetriever:
                 # Candidates: the batch's targets (in-batch negatives for the others) and the hard negatives.
                 candidates = np.unique(np.concatenate([targets, hard[rows].ravel()]))
                 position = {c: k for k, c in enumerate(candidates)}
-                # Item collaborative embeddings must come from the same fold model as the turn's features;
-                # all rows of a step share one fold's rotation-aligned embeddings, so use each row's own.
-                logits = []
-                for fold in np.unique(fold_index[rows]):
-                    sel = np.where(fold_index[rows] == fold)[0]
-                    r = rows[sel]
-                    out = self.model(sem_tokens[r], ctx_co_t[r], token_mask[r], item_sem_t[candidates],
-                                     item_co_t[fold][candidates],
-                                     torch.from_numpy(feats[r][:, candidates].astype(np.float32)))
-                    logits.append((sel, out))
+                # The context side is shared; the item side's collaborative embeddings come from the same fold
+                # model as each row's features, so rows are scored per fold against that fold's item vectors.
+                q, weights = self.model.encode_context(sem_tokens[rows], ctx_co_t[rows], token_mask[rows])
+                item_sem = self.model.item_semantic(item_sem_t[candidates])
+                batch_feats = torch.from_numpy(feats[rows[:, None], candidates[None, :]].astype(np.float32))
                 scores = torch.empty(len(rows), len(candidates))
-                for sel, out in logits:
-                    scores[torch.from_numpy(sel)] = out
+                for fold in np.unique(fold_index[rows]):
+                    sel = torch.from_numpy(np.where(fold_index[rows] == fold)[0])
+                    items = item_sem + self.model.item_collab(item_co_t[fold][candidates])
+                    scores[sel] = self.model.score_items(q[sel], weights[sel], items, batch_feats[sel])
                 # Mask the row's other targets and the items its context already mentions.
                 mask = np.zeros((len(rows), len(candidates)), dtype=bool)
                 for k, (r, t) in enumerate(zip(rows, targets)):
