@@ -48,6 +48,15 @@ def test_synth_then_eval_retriever_offline(tmp_path, capsys, monkeypatch):
     assert "40 (turn, target) pairs" not in printed  # sanity: the caption counts what it evaluated
     n_pairs = sum(len(r["targets"]) for r in rows)
     assert f"{n_pairs} (turn, target) pairs" in printed
+    # `train retriever` saves; `eval retriever --model` reloads it and ranks exactly as the trained one did.
+    model = tmp_path / "model"
+    assert main(["train", "retriever", "--out", str(model), "--encoder", "hashing", "--epochs", "2", "--folds", "2",
+                 "--quiet"]) == 0
+    assert (model / "fusion.pt").exists() and (model / "collaborative.npz").exists()
+    capsys.readouterr()
+    again = tmp_path / "again.jsonl"
+    assert main(["eval", "retriever", "--model", str(model), "--quiet", "--predictions-out", str(again)]) == 0
+    assert [json.loads(x)["candidates"] for x in again.read_text().splitlines()] == [r["candidates"] for r in rows]
 
 
 def test_stats_and_eval_on_inspired_file(tmp_path, capsys, monkeypatch):

@@ -117,6 +117,7 @@ class Catalog:
             self._by_title.setdefault(normalise_title(item.title), []).append(item.item_id)
         self.match_report: dict = {}
         self.inspired_report: dict = {}
+        self.source_files: list[Path] = []  # what it was built from: part of the cache keys of derived data
 
     def __len__(self) -> int:
         return len(self.items)
@@ -281,8 +282,11 @@ def load_catalog(data_root: str | Path | None = None, include_inspired: bool = T
             for utt in dialogue.utterances:
                 mentioned.update(utt.item_ids)
     catalog.match_report = catalog.match_rates(mentioned)
+    catalog.source_files = [p for p in (redial / "movies_with_mentions.csv", redial / "movie_kg.json",
+                                        redial / "movie2info.json") if p.exists()]
     if include_inspired and (root / "inspired").is_dir():
         catalog.inspired_report = add_inspired_items(catalog, root / "inspired")
+        catalog.source_files += sorted((root / "inspired").glob("*.tsv")) + sorted((root / "inspired").glob("*.json"))
     return catalog
 
 

@@ -14,15 +14,12 @@ def _catalog(args):
 
 
 def _turns(path, catalog, args):
-    from ..data.errors import SkipCounter
-    from ..data.turns import TurnConfig, iter_turns
+    """The file's recommendation turns, through the on-disk `datasets` cache keyed by the input files' hashes."""
+    from ..data.turns import TurnConfig, build_turn_dataset
 
-    skipped = SkipCounter()
     config = TurnConfig(merge_consecutive=args.merge_consecutive, skip_bad=args.skip_bad)
-    turns = list(iter_turns(path, catalog, config, skipped))
-    if skipped.count:
-        print(f"{path}: {skipped.report()}")
-    return turns
+    dataset = build_turn_dataset(path, catalog, config, cache_dir=args.cache_dir, catalog_files=catalog.source_files)
+    return dataset.to_list()
 
 
 def _default_file(args, name: str) -> Path:
