@@ -2,7 +2,7 @@ import pytest
 
 from smtpo_fast.data.catalog import Catalog, load_catalog, normalise_name, normalise_title, split_title_year
 from smtpo_fast.data.paths import data_dir
-from tests._data_fixtures import write_data_dir
+from _data_fixtures import write_data_dir
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from smtpo_fast.cli import build_parser, main
-from tests._data_fixtures import write_data_dir
+from _data_fixtures import write_data_dir
 
 
 def _subparsers(parser):

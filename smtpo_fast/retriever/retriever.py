@@ -71,7 +71,7 @@ class RetrieverConfig:
     seed: int = 0
     """Seed of everything random."""
     cache_dir: str | None = None
-    """Where encoder embeddings are cached (default `~/.cache/smtpo_fast`)."""
+    """Where encoder embeddings and turn datasets are cached (default `$SMTPO_CACHE_DIR` or `~/.cache/smtpo_fast`)."""
 
 
 def context_text(context: list[dict], n: int) -> str:
@@ -383,11 +383,16 @@ class DualViewRetriever:
                      popularity=self.collab.popularity, embeddings=self.collab.embeddings)
 
     @classmethod
-    def load(cls, path: str | Path, catalog: Catalog) -> "DualViewRetriever":
+    def load(cls, path: str | Path, catalog: Catalog, cache_dir: str | None = None) -> "DualViewRetriever":
+        """A saved retriever over `catalog` (which must list the same items); `cache_dir` overrides the saved
+        embedding cache location."""
         path = Path(path)
         saved = json.loads((path / "config.json").read_text())
         known = {f.name for f in fields(RetrieverConfig)}
-        self = cls(catalog, RetrieverConfig(**{k: v for k, v in saved["config"].items() if k in known}))
+        config = RetrieverConfig(**{k: v for k, v in saved["config"].items() if k in known})
+        if cache_dir is not None:
+            config.cache_dir = cache_dir
+        self = cls(catalog, config)
         if saved["item_ids"] != self.item_ids:
             raise ValueError(f"{path}: the retriever was trained on a different catalog")
         self.train_log = saved.get("train_log", [])
