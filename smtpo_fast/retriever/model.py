@@ -49,7 +49,8 @@ class FusionModel(nn.Module):
     def score_items(self, q, weights, items, features):
         """q [B, H], weights [B, F], items [M, H], features [B, M, F] -> logits [B, M]."""
         dense = q @ items.T / q.shape[-1] ** 0.5
-        return self.scale * dense + (features * weights[:, None, :]).sum(-1)
+        # einsum runs as a batched matmul, with no [B, M, F] temporary in forward or backward.
+        return self.scale * dense + torch.einsum("bmf,bf->bm", features, weights)
 
     def forward(self, semantic_tokens, collab_token, token_mask, item_semantic, item_collab, features):
         q, weights = self.encode_context(semantic_tokens, collab_token, token_mask)

@@ -200,7 +200,7 @@ class DualViewRetriever:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         turns = [t for t in turns]
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         if self.item_semantic is None:
             self.prepare_items(progress)
         by_dialogue: dict[str, list[int]] = {}
@@ -213,6 +213,8 @@ class DualViewRetriever:
         # Pairs to learn from: each new target of each turn with a context.
         enc = self.encode_queries([dict(t) for t in turns], progress=progress)
         timing = {"encode_seconds": time.time() - start}
+        if cfg.folds < 1:
+            raise ValueError(f"folds must be at least 1, got {cfg.folds}")
         fold_of = {d: k % cfg.folds for k, d in enumerate(rng.permutation(dialogue_ids))}
         pairs = [(r, self.item_index[i]) for r, t in enumerate(turns) for i in t["new_target_ids"]
                  if i in self.item_index and t["context"]]
@@ -235,10 +237,8 @@ class DualViewRetriever:
             rows = [r for r in rows_needed if turns[r]["dialogue_id"] in held]
             for chunk in range(0, len(rows), 256):
                 part = rows[chunk:chunk + 256]
-                f, c, item_co = self.raw_features(enc, part, collab, rotation)
-                feats[part] = f
-                ctx_co[part] = c
-            item_co_by_fold[fold] = item_co
+                feats[part], ctx_co[part], _ = self.raw_features(enc, part, collab, rotation)
+            item_co_by_fold[fold] = collab.embeddings if rotation is None else collab.embeddings @ rotation
         timing["features_seconds"] = time.time() - start - timing["encode_seconds"]
         fold_index = np.array([fold_of[t["dialogue_id"]] for t in turns])
         exclude = self.exclusion_mask(enc, range(len(turns)))
@@ -308,7 +308,8 @@ class DualViewRetriever:
             if progress:
                 bar.set_postfix(loss=f"{total / count:.3f}")
         self.model.eval()
-        self.train_log.append({"pairs": len(pairs), "turns": len(turns), "seconds": time.time() - start, **timing})
+        self.train_log.append({"pairs": len(pairs), "turns": len(turns), "seconds": time.time() - start,
+                               "cpu_seconds": time.process_time() - cpu_start, **timing})
         return self
 
     # ------------------------------------------------------------------------------------------- inference
