@@ -33,7 +33,7 @@ def test_every_option_is_explained(capsys):
 def test_synth_then_eval_retriever_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "synth"
-    assert main(["data", "synth", "--out", str(out), "--n-movies", "80", "--n-dialogues", "200", "--seed", "1"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--n-movies", "80", "--n-dialogues", "120", "--seed", "1"]) == 0
     monkeypatch.setenv("SMTPO_DATA_DIR", str(out))
     predictions = tmp_path / "pred.jsonl"
     table = tmp_path / "table.md"
