@@ -126,10 +126,10 @@ def resolve_model(name_or_path: str, cache_dir: str | Path | None = None, allow_
 
 def load_model(name_or_path: str | Path, *, cache_dir=None, allow_download: bool = False, dtype=None,
                device: str | None = None, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
-               adapter: str | Path | None = None):
+               adapter: str | Path | None = None, seed: int | None = None):
     """(model, tokenizer) for a preset or HF folder. `lora_r > 0` wraps the model in a fresh LoRA adapter on the
     attention and MLP projections; `adapter` loads a saved peft adapter instead. The tokenizer pads on the left
-    and has a chat template (ChatML when the folder brings none)."""
+    and has a chat template (ChatML when the folder brings none). `seed` seeds the adapter's random initialisation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,6 +149,8 @@ def load_model(name_or_path: str | Path, *, cache_dir=None, allow_download: bool
     elif lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
+        if seed is not None:
+            torch.manual_seed(seed)
         model = get_peft_model(model, LoraConfig(
             r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type="CAUSAL_LM",
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
