@@ -72,6 +72,8 @@ class Episode:
     """The data's acceptance label, None when the data does not say."""
     liked_attributes: list[str] = field(default_factory=list)
     disliked_attributes: list[str] = field(default_factory=list)
+    mentioned_ids: list[str] = field(default_factory=list)
+    """Items named (by either side) before this turn."""
     dialogue_targets: list[str] = field(default_factory=list)
     """Items the recommender suggested that the seeker accepted anywhere in the dialogue (the target-aware
     simulator's targets)."""
@@ -244,7 +246,8 @@ def dialogue_episodes(dialogue: Dialogue, catalog: Catalog | None = None,
             dialogue_id=dialogue.dialogue_id, source=dialogue.source, history=turn["context"],
             recommendation=utterances[index].text, recommended_ids=recommended, new_ids=list(turn["new_target_ids"]),
             reply=reply, accepted=accepted, liked_attributes=list(dict.fromkeys(liked_attrs)),
-            disliked_attributes=list(dict.fromkeys(disliked_attrs)), dialogue_targets=list(targets),
+            disliked_attributes=list(dict.fromkeys(disliked_attrs)), mentioned_ids=list(turn["context_item_ids"]),
+            dialogue_targets=list(targets),
             names={**{i: display_name(i, catalog, names) for i in recommended + targets}}))
     return episodes
 
@@ -318,7 +321,8 @@ def episode_examples(episode: Episode, catalog: Catalog | None, mode: str,
                                                     names=episode.names, config=config), answer, "feedback",
                                     accepted=episode.accepted, **meta))
         elif mode == TARGET_AWARE and episode.dialogue_targets and not names_unrecommended_target(
-                episode.reply, episode.dialogue_targets, episode.recommended_ids, catalog, episode.names):
+                episode.reply, episode.dialogue_targets, episode.mentioned_ids + episode.recommended_ids, catalog,
+                episode.names):
             accepted = any(i in episode.dialogue_targets for i in episode.recommended_ids)
             answer = f"{reply}\n{format_tail(accepted, episode.liked_attributes, episode.disliked_attributes)}"
             out.append(_with_answer(feedback_prompt(dialogue_so_far, episode.recommended_ids, catalog, mode,

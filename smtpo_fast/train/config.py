@@ -52,6 +52,9 @@ class SFTConfig:
     """How many step checkpoints to keep on disk."""
     progress: bool = True
     """Show a tqdm progress bar with loss and tokens/s."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of the run (0: none). When spent, training stops at a step boundary, saves and writes
+    `final/` as if done (the learning-rate schedule still follows max_steps)."""
     resume: bool = True
     """Continue from the latest checkpoint in output_dir when one exists."""
 

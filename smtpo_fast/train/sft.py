@@ -46,6 +46,8 @@ class TrainResult:
     checkpoint: Path | None = None
     seconds: float = 0.0
     tokens: int = 0
+    out_of_time: bool = False
+    """Stopped by `max_minutes` before max_steps."""
 
 
 def sequence_loss(model, batch, autocast) -> tuple[torch.Tensor, int]:
@@ -196,6 +198,9 @@ class SFTTrainer:
             while self.step < self.total_steps:
                 if self._stop_requested or (stop_after is not None and steps_this_call >= stop_after):
                     interrupted = True
+                    break
+                if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
+                    result.out_of_time = True
                     break
                 start = time.perf_counter()
                 batches = [self.plan.batch(self.micro_step + i).to(self.device) for i in range(cfg.grad_accum)]
