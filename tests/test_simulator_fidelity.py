@@ -116,3 +116,23 @@ def test_train_and_eval_commands(setup, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown SFTConfig field"):
         config.write_text("sft: {learning_rate: 1}\n")
         main(["train", "simulator", "--data-dir", str(setup["root"]), "--config", str(config), "--out", str(out)])
+
+
+def test_retriever_reference_uses_the_same_turns(setup):
+    from smtpo_fast.simulator.fidelity import retriever_reference
+
+    class FixedRetriever:
+        def __init__(self):
+            self.queries = []
+
+        def topk(self, contexts, k=10, method="fused"):
+            self.queries += contexts
+            return [["555", "444"] for _ in contexts], None
+
+    retriever = FixedRetriever()
+    m = retriever_reference(retriever, setup["dialogues"], setup["catalog"])
+    # Turn 2 (target 555): hit at 1; turn 4 (target 444): hit at 2.
+    assert (m["target_recall@1"], m["target_recall@10"], m["n_target_prediction"]) == (0.5, 1.0, 2)
+    assert retriever.queries[1]["context_item_ids"] == ["222", "555"]
+    # Top-1 is Ghostbusters both times: its 4 stated attributes are all true of 555 and none of the Dragon.
+    assert m["attribute_precision"] == 0.5

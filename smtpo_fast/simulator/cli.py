@@ -10,6 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 MODES = ("label_free", "target_aware")
+LABEL_FREE_MODE = MODES[0]
 
 
 def _data_root(args) -> Path:
@@ -159,6 +160,13 @@ def _eval(args) -> int:
             rows[f"{name} [{mode.replace('_', '-')}]"] = metrics
             print(f"{data_file.name} {name} [{mode}]: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                                      for k, v in metrics.items()}))
+        if args.retriever and LABEL_FREE_MODE in modes:
+            from ..retriever.retriever import DualViewRetriever
+            from .fidelity import retriever_reference
+
+            retriever = DualViewRetriever.load(args.retriever, catalog)
+            rows[f"retriever ({args.retriever_method}) [label-free reference]"] = retriever_reference(
+                retriever, dialogues, catalog, k=10, method=args.retriever_method)
         caption = (f"Simulator fidelity on {data_file.name} ({len(dialogues)} dialogues"
                    f"{', first ' + str(args.max_dialogues) if args.max_dialogues else ''}; device {device}).")
         table = fidelity_table(rows, caption)
@@ -217,6 +225,10 @@ def add_commands(groups) -> None:
     p.add_argument("--max-dialogues", type=int, default=0, help="evaluate the first N dialogues of each file (0: all)")
     p.add_argument("--no-base", action="store_true", help="skip the prompted base model rows")
     p.add_argument("--no-target-prediction", action="store_true", help="skip the beam-search Recall@k (slowest)")
+    p.add_argument("--retriever", default=None,
+                   help="a saved retriever folder (`smtpo train retriever --out DIR`): adds its target Recall@1/10 "
+                        "and top-1 attribute precision on the same turns as the label-free reference row")
+    p.add_argument("--retriever-method", default="fused", help="which retriever ranking to use (default: fused)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=16, help="dialogues per generate call")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest generated reply")

@@ -177,3 +177,33 @@ def fidelity_table(rows: dict[str, dict], caption: str = "") -> str:
             cells.append("–" if value is None else f"{value:.1f}" if key == "reply_perplexity" else f"{value:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def retriever_reference(retriever, dialogues, catalog, k: int = 10, method: str = "fused",
+                        config: TaskConfig | None = None) -> dict:
+    """The label-free simulator's reference point: the retriever on the same turns. Target Recall@1/@k of its
+    ranking from the history, and the attribute precision of its top-1 item's attributes (stated as the
+    simulator states them) against the true target. `retriever` is a fitted `DualViewRetriever` (or anything
+    with its `topk(contexts, k, method)`)."""
+    from .tasks import dialogue_episodes, item_attributes
+
+    queries, targets = [], []
+    for dialogue in dialogues:
+        for e in dialogue_episodes(dialogue, catalog, config):
+            if e.new_ids and e.history:
+                queries.append({"context": e.history, "context_item_ids": e.mentioned_ids})
+                targets.append(e.new_ids[0])
+    if not queries:
+        return {"mode": LABEL_FREE}
+    ranked, _ = retriever.topk(queries, k=k, method=method)
+    stated = true = 0
+    for row, target in zip(ranked, targets):
+        truth = all_item_attributes(target, catalog)
+        if not truth or not row:
+            continue
+        attributes = item_attributes(row[0], catalog, config)
+        stated += len(attributes)
+        true += sum(a in truth for a in attributes)
+    return {"mode": LABEL_FREE, "target_recall@1": sum(r[:1] == [t] for r, t in zip(ranked, targets)) / len(targets),
+            f"target_recall@{k}": sum(t in r[:k] for r, t in zip(ranked, targets)) / len(targets),
+            "attribute_precision": true / stated if stated else 0.0, "n_target_prediction": len(targets)}
