@@ -170,3 +170,16 @@ def test_config_from_yaml_and_cli(tmp_path):
     args = parser.parse_args(["--lr", "0.5", "--no-progress", "--grad-accum", "4"])
     cfg = config_from_args(SFTConfig, args)
     assert (cfg.lr, cfg.progress, cfg.grad_accum) == (0.5, False, 4)
+
+
+def test_time_budget_shrinks_the_schedule(model_dir, tmp_path):
+    model, tok = load_model(model_dir)
+    cfg = _config(tmp_path, max_steps=10_000, grad_accum=1, warmup_steps=2, max_minutes=0.03)
+    trainer = SFTTrainer(model, tok, EXAMPLES, cfg)
+    result = trainer.train()
+    assert 2 < result.steps < 10_000 and result.seconds < 0.03 * 60 + 1.0
+    assert trainer.total_steps == result.steps or result.out_of_time
+    # The cosine reached its floor at the (shrunk) end.
+    if not result.out_of_time:
+        assert trainer.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    assert (tmp_path / "run" / "final" / "config.json").exists()

@@ -53,8 +53,9 @@ class SFTConfig:
     progress: bool = True
     """Show a tqdm progress bar with loss and tokens/s."""
     max_minutes: float = 0.0
-    """Wall-clock budget of the run (0: none). When spent, training stops at a step boundary, saves and writes
-    `final/` as if done (the learning-rate schedule still follows max_steps)."""
+    """Training-time budget of the run (0: none). The schedule shrinks max_steps to what the budget allows at
+    the measured speed (so the cosine still ends at its floor; the run is then timing-dependent), and a run that
+    still overruns stops at a step boundary, saves and writes `final/`."""
     resume: bool = True
     """Continue from the latest checkpoint in output_dir when one exists."""
 

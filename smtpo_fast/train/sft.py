@@ -132,6 +132,8 @@ class SFTTrainer:
         state, rng = load_checkpoint(folder, self.model, self.optimizer, self.scheduler)
         self.step, self.micro_step = state["step"], state["micro_step"]
         self.losses, self.tokens_seen, self.elapsed = list(state["losses"]), state["tokens"], state["elapsed"]
+        if self.config.max_minutes:  # a budget-shrunk schedule continues as shrunk
+            self.total_steps = min(self.total_steps, state["total_steps"])
         restore_rng(rng)
         return True
 
@@ -172,6 +174,16 @@ class SFTTrainer:
         """Finish the current step, save a checkpoint and return (what Ctrl-C does)."""
         self._stop_requested = True
 
+    def _fit_schedule_to_budget(self, budget_s: float, bar) -> None:
+        """Shrink total_steps (never grow it) to the steps the time budget allows at the speed so far, so the
+        cosine still reaches its floor when the budget ends. The schedule object is in the scheduler's state, so
+        a resume continues the shrunk schedule."""
+        projected = int(self.step * budget_s / max(self.elapsed, 1e-9))
+        if projected < self.total_steps:
+            self.total_steps = max(self.step, projected)
+            self.scheduler.lr_lambdas[0].total = self.total_steps
+            bar.total = self.total_steps
+
     def train(self, stop_after: int | None = None) -> TrainResult:
         """Run to `total_steps` (resuming first when `config.resume`). `stop_after`: save and return after this
         many steps of this call, as if interrupted (the tests' kill-and-resume)."""
@@ -199,7 +211,7 @@ class SFTTrainer:
                 if self._stop_requested or (stop_after is not None and steps_this_call >= stop_after):
                     interrupted = True
                     break
-                if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:
+                if cfg.max_minutes and self.elapsed >= cfg.max_minutes * 60:  # a slow last stretch
                     result.out_of_time = True
                     break
                 start = time.perf_counter()
@@ -225,6 +237,8 @@ class SFTTrainer:
                 self.elapsed += time.perf_counter() - start
                 self.losses.append(step_loss)
                 bar.update(1)
+                if cfg.max_minutes and self.step >= max(cfg.warmup_steps, 5):
+                    self._fit_schedule_to_budget(cfg.max_minutes * 60, bar)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
                     tok_s = window_tokens / max(now - window_start, 1e-9)
