@@ -91,7 +91,7 @@ def test_train_and_eval_commands(setup, tmp_path, monkeypatch):
     monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
     config = tmp_path / "recipe.yaml"
     config.write_text("sft: {batch_size: 2, lr: 0.003, warmup_steps: 1, max_length: 256}\nlabel_free: {max_steps: 3}\n"
-                      "target_aware: {max_steps: 2}\ntiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, "
+                      "target_aware: {max_steps: 2}\ntasks: {history_utterances: 3}\ntiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, "
                       "num_heads: 2, num_kv_heads: 1, intermediate_size: 64}\n")
     out = tmp_path / "sims"
     assert main(["train", "simulator", "--data-dir", str(setup["root"]), "--train",
@@ -102,6 +102,9 @@ def test_train_and_eval_commands(setup, tmp_path, monkeypatch):
     assert summary["simulators"]["label_free"]["config"]["lr"] == 0.004  # the flag beats the YAML
     assert summary["simulators"]["label_free"]["config"]["batch_size"] == 2  # the YAML beats the default
     assert (out / "label_free" / "final" / "config.json").exists()
+    loaded = UserSimulator.load(out / "target_aware" / "final", setup["catalog"])
+    assert loaded.mode == TARGET_AWARE and loaded.tasks.history_utterances == 3  # from the recipe
+    assert isinstance(loaded.start(["555"]), str)
     table = tmp_path / "table.md"
     assert main(["eval", "simulator", "--data-dir", str(setup["root"]), "--sims", str(out), "--max-new-tokens", "8",
                  "--table-out", str(table), "--results-json", str(tmp_path / "r.json")]) == 0

@@ -66,6 +66,7 @@ def _train(args) -> int:
     from ..data.paths import cache_dir
     from ..models import TinyConfig, build_tiny, corpus_texts, load_model, resolve_model
     from ..train import SFTConfig, SFTTrainer
+    from .simulator import save_simulator_card
     from .tasks import TaskConfig, build_examples
 
     _set_threads(args)
@@ -96,7 +97,7 @@ def _train(args) -> int:
                   "and the catalog)")
             build_tiny(tiny_dir, corpus_texts(train_files, catalog, templates), tiny)
     base_path = resolve_model(model_name, allow_download=args.allow_download)
-    summary = {"model": str(base_path), "preset": model_name, "train_files": [str(p) for p in train_files],
+    summary = {"model": str(base_path), "preset": model_name, "tasks": asdict(tasks), "train_files": [str(p) for p in train_files],
                "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads "
                           f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}",
                "simulators": {}}
@@ -106,6 +107,8 @@ def _train(args) -> int:
         print(f"[{mode}] {len(examples[mode])} examples, {config.max_steps or config.epochs} "
               f"{'steps' if config.max_steps else 'epochs'}, output {config.output_dir}")
         result = SFTTrainer(model, tokenizer, examples[mode], config).train()
+        if not result.interrupted:
+            save_simulator_card(Path(config.output_dir) / "final", mode, tasks)
         summary["simulators"][mode] = {
             "examples": len(examples[mode]), "steps": result.steps, "final_loss": result.losses[-1] if result.losses
             else None, "train_seconds": result.seconds, "tokens": result.tokens, "interrupted": result.interrupted,
@@ -128,7 +131,8 @@ def _eval(args) -> int:
     from ..data.turns import read_dialogues
     from ..models import load_model, resolve_model
     from .fidelity import evaluate_fidelity, fidelity_table
-    from .simulator import GenerationConfig, UserSimulator
+    from .simulator import GenerationConfig, UserSimulator, load_simulator_card
+    from .tasks import TaskConfig
 
     _set_threads(args)
     root = _data_root(args)
@@ -148,13 +152,19 @@ def _eval(args) -> int:
             candidates.append((f"{m.replace('_', '-')} SFT", final, m))
         else:
             print(f"no {final}: skipping the {m} SFT simulator")
+    summary_path = Path(args.sims) / "summary.json"
+    base_tasks = TaskConfig(**json.loads(summary_path.read_text()).get("tasks", {})) if summary_path.exists() \
+        else TaskConfig()
     report = {}
     for data_file in data_files:
         dialogues = list(read_dialogues(data_file, skip_bad=True))[:args.max_dialogues or None]
         rows = {}
         for name, path, mode in candidates:
             model, tokenizer = load_model(path, device=device)
-            simulator = UserSimulator(model, tokenizer, catalog, mode=mode, generation=generation)
+            card = load_simulator_card(path)
+            # The base model is prompted exactly as the SFT simulators were trained (same TaskConfig).
+            tasks = TaskConfig(**card["tasks"]) if card else base_tasks
+            simulator = UserSimulator(model, tokenizer, catalog, mode=mode, generation=generation, tasks=tasks)
             metrics = evaluate_fidelity(simulator, dialogues, catalog, recall_k=10,
                                         with_target_prediction=not args.no_target_prediction)
             rows[f"{name} [{mode.replace('_', '-')}]"] = metrics

@@ -5,7 +5,9 @@ attributes come from the reply's structured tail (`feedback.parse_feedback`), ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -13,6 +15,19 @@ from ..data.catalog import Catalog
 from .feedback import Feedback, parse_feedback
 from .tasks import (ATTRIBUTES_INSTRUCTION, LABEL_FREE, TARGET_AWARE, TARGET_INSTRUCTION, TaskConfig,
                     feedback_prompt, history_prompt, opening_prompt, parse_attribute_line)
+
+
+CARD = "simulator.json"
+
+
+def save_simulator_card(folder: str | Path, mode: str, tasks: TaskConfig) -> None:
+    """Record next to a trained simulator which simulator it is and the prompt settings it was trained with."""
+    (Path(folder) / CARD).write_text(json.dumps({"mode": mode, "tasks": asdict(tasks)}, indent=1))
+
+
+def load_simulator_card(folder: str | Path) -> dict | None:
+    path = Path(folder) / CARD
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 @dataclass
@@ -45,6 +60,20 @@ class UserSimulator:
         self.generation = generation or GenerationConfig()
         self.tasks = tasks or TaskConfig()
         self.tokenizer.padding_side = "left"
+
+    @classmethod
+    def load(cls, folder: str | Path, catalog: Catalog | None = None, device: str | None = None,
+             generation: GenerationConfig | None = None) -> "UserSimulator":
+        """A simulator saved by `smtpo train simulator` (`<out>/<mode>/final`): its mode and prompt settings come
+        from the folder's simulator.json."""
+        from ..models import load_model
+
+        card = load_simulator_card(folder)
+        if card is None:
+            raise FileNotFoundError(f"folder: {folder} has no {CARD} (not written by `smtpo train simulator`)")
+        model, tokenizer = load_model(Path(folder), device=device)
+        return cls(model, tokenizer, catalog, mode=card["mode"], generation=generation,
+                   tasks=TaskConfig(**card["tasks"]))
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -50,6 +50,8 @@ class TaskConfig:
     """Genres per item in prompts and attribute targets."""
     max_people: int = 2
     """Directors and stars (each) per item in prompts and attribute targets."""
+    tail_attributes: int = 4
+    """Most liked (and disliked) attributes in a feedback tail."""
 
 
 @dataclass
@@ -245,8 +247,9 @@ def dialogue_episodes(dialogue: Dialogue, catalog: Catalog | None = None,
         episodes.append(Episode(
             dialogue_id=dialogue.dialogue_id, source=dialogue.source, history=turn["context"],
             recommendation=utterances[index].text, recommended_ids=recommended, new_ids=list(turn["new_target_ids"]),
-            reply=reply, accepted=accepted, liked_attributes=list(dict.fromkeys(liked_attrs)),
-            disliked_attributes=list(dict.fromkeys(disliked_attrs)), mentioned_ids=list(turn["context_item_ids"]),
+            reply=reply, accepted=accepted,
+            liked_attributes=list(dict.fromkeys(liked_attrs))[:config.tail_attributes],
+            disliked_attributes=list(dict.fromkeys(disliked_attrs))[:config.tail_attributes], mentioned_ids=list(turn["context_item_ids"]),
             dialogue_targets=list(targets),
             names={**{i: display_name(i, catalog, names) for i in recommended + targets}}))
     return episodes
