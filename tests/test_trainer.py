@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from _tiny_model import single_thread, tiny_model_folder
+from helpers import assert_close, backend_device_pairs
 from smtpo_fast.cli import add_config_arguments, config_from_args
 from smtpo_fast.models import load_model
 from smtpo_fast.train import (IGNORE_INDEX, BatchPlan, SFTConfig, SFTTrainer, latest_checkpoint, load_yaml_config,
@@ -183,3 +184,43 @@ def test_time_budget_shrinks_the_schedule(model_dir, tmp_path):
     if not result.out_of_time:
         assert trainer.scheduler.get_last_lr()[0] == pytest.approx(cfg.lr * cfg.min_lr_ratio)
     assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+@pytest.mark.parametrize("backend, device", backend_device_pairs())
+def test_sft_loss_matches_float64_cross_entropy(model_dir, backend, device, monkeypatch):
+    """The trainer's loss (fused token_logprobs on the shifted, strided logits) on every backend built here,
+    against the float64 reference: summed NLL of response tokens only, and the same gradient."""
+    from contextlib import nullcontext
+
+    from smtpo_fast.train import collate, sequence_loss
+
+    monkeypatch.setenv("SMTPO_BACKEND", backend)
+    model, tok = load_model(model_dir, device=device)
+    batch = collate([tokenize_example(tok, e["messages"], 512) for e in EXAMPLES], tok.pad_token_id).to(device)
+    nll, n = sequence_loss(model, batch, nullcontext())
+    assert n == int((batch.labels[:, 1:] != IGNORE_INDEX).sum()) > 0
+    grad = torch.autograd.grad(nll, model.model.norm.weight)[0]
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    shifted = logits[:, :-1].double()
+    labels = batch.labels[:, 1:]
+    reference = torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), labels.reshape(-1),
+                                                  ignore_index=IGNORE_INDEX, reduction="sum")
+    ref_grad = torch.autograd.grad(reference, model.model.norm.weight)[0]
+    assert_close(nll, reference, rtol=1e-5, atol=1e-4, what=f"loss {backend}")
+    assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5, what=f"grad {backend}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_trainer_overfits_on_cuda_with_bf16_autocast(model_dir, tmp_path):
+    model, tok = load_model(model_dir)
+    cfg = _config(tmp_path, max_steps=60, grad_accum=1, batch_size=4, lr=5e-3, warmup_steps=5, device="cuda",
+                  bf16=True)
+    trainer = SFTTrainer(model, tok, EXAMPLES, cfg)
+    result = trainer.train()
+    assert next(trainer.model.parameters()).is_cuda
+    assert min(result.losses[-5:]) < 0.5, result.losses[-5:]
+    fresh, _ = load_model(model_dir)
+    resumed = SFTTrainer(fresh, tok, EXAMPLES, _config(tmp_path / "b", max_steps=8, device="cuda"))
+    resumed.train(stop_after=3)
+    assert resumed.resume() and resumed.step == 3
