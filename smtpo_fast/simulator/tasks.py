@@ -241,17 +241,18 @@ def dialogue_episodes(dialogue: Dialogue, catalog: Catalog | None = None,
             accepted = True if 1 in answers.values() else False if 0 in answers.values() else None
             liked = [i for i, a in answers.items() if a == 1]
             disliked = [i for i, a in answers.items() if a == 0]
+        # The tail names what the seeker would say they like: genres, director, era (not the cast).
         short = TaskConfig(max_genres=2, max_people=1)
-        liked_attrs = [a for i in liked for a in item_attributes(i, catalog, short) if a.split(":")[0] != "star"]
-        disliked_attrs = [a for i in disliked for a in item_attributes(i, catalog, short) if a.split(":")[0] != "star"]
+        liked_attrs = [a for i in liked for a in item_attributes(i, catalog, short) if not a.startswith("star:")]
+        disliked_attrs = [a for i in disliked for a in item_attributes(i, catalog, short) if not a.startswith("star:")]
         episodes.append(Episode(
             dialogue_id=dialogue.dialogue_id, source=dialogue.source, history=turn["context"],
             recommendation=utterances[index].text, recommended_ids=recommended, new_ids=list(turn["new_target_ids"]),
             reply=reply, accepted=accepted,
             liked_attributes=list(dict.fromkeys(liked_attrs))[:config.tail_attributes],
-            disliked_attributes=list(dict.fromkeys(disliked_attrs))[:config.tail_attributes], mentioned_ids=list(turn["context_item_ids"]),
-            dialogue_targets=list(targets),
-            names={**{i: display_name(i, catalog, names) for i in recommended + targets}}))
+            disliked_attributes=list(dict.fromkeys(disliked_attrs))[:config.tail_attributes],
+            mentioned_ids=list(turn["context_item_ids"]), dialogue_targets=list(targets),
+            names={i: display_name(i, catalog, names) for i in recommended + targets}))
     return episodes
 
 

@@ -193,7 +193,8 @@ class SFTTrainer:
         cfg = self.config
         if cfg.resume:
             self.resume()
-        torch.manual_seed(cfg.seed) if self.step == 0 else None
+        if self.step == 0:  # a fresh run; a resumed one has just restored its RNG states
+            torch.manual_seed(cfg.seed)
         self.model.train()
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and self.device.type == "cuda"
                     else nullcontext())
