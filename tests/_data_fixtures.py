@@ -59,6 +59,11 @@ DIALOGUE = {
                            "111": {"suggested": 0, "seen": 1, "liked": 0}},
 }
 
+INSPIRED_MOVIE2INFO = {
+    "Unknown Film (2000)": {"genre": ["Drama"], "star": ["Ann Example"], "director": ["Bo Example"],
+                            "writer": ["Bo Example (screenplay)"], "plot": "A film nobody knows."},
+}
+
 INSPIRED_HEADER = ("dialog_id\tutt_id\tspeaker\tturn_id\ttext\ttext_with_placeholder\tmovies\tgenres\tpeople_names\t"
                    "movie_dict\tgenre_dict\tactor_dict\tdirector_dict\tothers_dict\texpert_label\tsecond_label\t"
                    "fine_label\tcoarse_label\tmovie_id")
@@ -93,5 +98,6 @@ def write_data_dir(root: Path, dialogues=(DIALOGUE,)) -> Path:
             f.write(json.dumps(d) + "\n")
     inspired = root / "inspired"
     inspired.mkdir(exist_ok=True)
+    (inspired / "movie2info.json").write_text(json.dumps(INSPIRED_MOVIE2INFO))
     (inspired / "dev.tsv").write_text("\n".join([INSPIRED_HEADER, *INSPIRED_ROWS]) + "\n")
     return root

@@ -2,7 +2,7 @@ import pytest
 
 from smtpo_fast.data.catalog import Catalog, load_catalog, normalise_name, normalise_title, split_title_year
 from smtpo_fast.data.paths import data_dir
-from tests._data_fixtures import write_data_dir
+from _data_fixtures import write_data_dir
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -36,7 +36,7 @@ def test_normalisation_keeps_years_and_titles_apart():
 def test_catalog_joins_metadata_by_id_and_name(tmp_path):
     root = write_data_dir(tmp_path)
     catalog = load_catalog(root)
-    assert len(catalog) == 5
+    assert len(catalog) == 6  # the five ReDial movies and one INSPIRED movie ReDial lacks
     police = catalog["111"]
     assert police.name == "Police Academy (1984)" and police.genres == ["comedy", "crime"]
     assert police.sources == ["info"]
@@ -48,7 +48,13 @@ def test_catalog_joins_metadata_by_id_and_name(tmp_path):
     assert "genre:comedy" in catalog["222"].attributes()
     assert catalog.resolve("Bridesmaids (2011)") == "222"
     assert catalog.resolve("Ghostbusters (2016)") is None  # a remake is another movie
-    assert catalog.resolve("Unknown Film (1999)") is None
+    assert catalog.resolve("Ghostbusters (1984)") == "555"
+    # INSPIRED's movie ReDial lacks joins its own movie2info.json by title (the file's year differs).
+    unknown = catalog["title:Unknown Film (1999)"]
+    assert unknown.directors == ["Bo Example"] and unknown.writers == ["Bo Example"] and unknown.genres == ["drama"]
+    assert catalog.resolve("Unknown Film (1999)") == "title:Unknown Film (1999)"
+    inspired = catalog.inspired_report
+    assert inspired["items"] == 4 and inspired["redial_id_item_rate"] == 0.75 and inspired["metadata_item_rate"] == 1.0
     report = catalog.match_report
     # Mentioned in the handmade dialogue: 222 (info), 555 (kg), 444 (info), 111 (info).
     assert report["items"] == 4 and report["any_item_rate"] == 1.0
@@ -59,7 +65,10 @@ def test_real_redial_match_rate():
     root = data_dir(required=False)
     if root is None or not (root / "redial" / "movie_kg.json").exists():
         pytest.skip("shared data not available")
-    report = load_catalog(root).match_report
+    catalog = load_catalog(root)
+    report = catalog.match_report
     assert report["any_mention_rate"] >= 0.95
     assert report["any_item_rate"] >= 0.95
     assert report["info_mention_rate"] >= 0.85 and report["kg_mention_rate"] >= 0.75
+    if catalog.inspired_report:
+        assert catalog.inspired_report["metadata_mention_rate"] >= 0.7

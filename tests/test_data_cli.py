@@ -6,7 +6,7 @@ import json
 import pytest
 
 from smtpo_fast.cli import build_parser, main
-from tests._data_fixtures import write_data_dir
+from _data_fixtures import write_data_dir
 
 
 def _subparsers(parser):
@@ -33,7 +33,7 @@ def test_every_option_is_explained(capsys):
 def test_synth_then_eval_retriever_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "synth"
-    assert main(["data", "synth", "--out", str(out), "--n-movies", "80", "--n-dialogues", "200", "--seed", "1"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--n-movies", "80", "--n-dialogues", "120", "--seed", "1"]) == 0
     monkeypatch.setenv("SMTPO_DATA_DIR", str(out))
     predictions = tmp_path / "pred.jsonl"
     table = tmp_path / "table.md"
@@ -48,6 +48,15 @@ def test_synth_then_eval_retriever_offline(tmp_path, capsys, monkeypatch):
     assert "40 (turn, target) pairs" not in printed  # sanity: the caption counts what it evaluated
     n_pairs = sum(len(r["targets"]) for r in rows)
     assert f"{n_pairs} (turn, target) pairs" in printed
+    # `train retriever` saves; `eval retriever --model` reloads it and ranks exactly as the trained one did.
+    model = tmp_path / "model"
+    assert main(["train", "retriever", "--out", str(model), "--encoder", "hashing", "--epochs", "2", "--folds", "2",
+                 "--quiet"]) == 0
+    assert (model / "fusion.pt").exists() and (model / "collaborative.npz").exists()
+    capsys.readouterr()
+    again = tmp_path / "again.jsonl"
+    assert main(["eval", "retriever", "--model", str(model), "--quiet", "--predictions-out", str(again)]) == 0
+    assert [json.loads(x)["candidates"] for x in again.read_text().splitlines()] == [r["candidates"] for r in rows]
 
 
 def test_stats_and_eval_on_inspired_file(tmp_path, capsys, monkeypatch):

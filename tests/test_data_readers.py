@@ -6,7 +6,7 @@ from smtpo_fast.data.dialogue import RECOMMENDER, SEEKER
 from smtpo_fast.data.errors import DataFormatError, SkipCounter
 from smtpo_fast.data.inspired import read_inspired, write_inspired
 from smtpo_fast.data.redial import read_redial, to_redial_record, write_redial
-from tests._data_fixtures import DIALOGUE, INSPIRED_HEADER, INSPIRED_ROWS, inspired_row, write_data_dir
+from _data_fixtures import DIALOGUE, INSPIRED_HEADER, INSPIRED_ROWS, inspired_row, write_data_dir
 
 
 def test_redial_reader_parses_and_round_trips(tmp_path):

@@ -6,7 +6,7 @@ from smtpo_fast.data.catalog import load_catalog
 from smtpo_fast.data.paths import data_dir
 from smtpo_fast.data.redial import read_redial
 from smtpo_fast.data.turns import TurnConfig, build_turn_dataset, dialogue_turns, iter_turns
-from tests._data_fixtures import write_data_dir
+from _data_fixtures import write_data_dir
 
 
 @pytest.fixture()

@@ -14,13 +14,13 @@ from smtpo_fast.retriever.encoders import HashingEncoder, minilm_path
 from smtpo_fast.retriever.evaluate import evaluate_retriever, evaluation_turns, recall_at, results_table
 from smtpo_fast.retriever.retriever import DualViewRetriever, RetrieverConfig
 
-FAST = dict(encoder="hashing", epochs=6, hidden=64, hard_negatives=30, folds=3)
+FAST = dict(encoder="hashing", epochs=5, hidden=64, hard_negatives=30, folds=3)
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    generate(root, SynthConfig(n_movies=150, n_dialogues=500, seed=3))
+    generate(root, SynthConfig(n_movies=150, n_dialogues=300, seed=3))
     catalog = load_catalog(root)
     config = TurnConfig(merge_consecutive=False)
     train = list(iter_turns(root / "redial" / "train_sample.jsonl", catalog, config))

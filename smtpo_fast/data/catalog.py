@@ -116,6 +116,8 @@ class Catalog:
             self._by_name.setdefault(normalise_name(item.name), item.item_id)
             self._by_title.setdefault(normalise_title(item.title), []).append(item.item_id)
         self.match_report: dict = {}
+        self.inspired_report: dict = {}
+        self.source_files: list[Path] = []  # what it was built from: part of the cache keys of derived data
 
     def __len__(self) -> int:
         return len(self.items)
@@ -167,41 +169,34 @@ class Catalog:
                 if len(item.directors) + len(item.stars) + len(item.writers) > before:
                     item.sources.append("kg")
         for info_path in info_jsons:
-            if not Path(info_path).exists():
-                continue
-            with open(info_path, encoding="utf-8") as f:
-                info = json.load(f)
-            by_name: dict[str, dict] = {}
-            by_title: dict[str, list[dict]] = {}
-            for key, entry in info.items():
-                if not isinstance(entry, dict):
-                    continue
-                title = entry.get("title") or split_title_year(key)[0]
-                year = str(entry.get("year") or split_title_year(key)[1] or "")
-                entry = dict(entry, _title=title, _year=year)
-                by_name.setdefault(normalise_name(key), entry)
-                by_title.setdefault(normalise_title(title), []).append(entry)
-            for item in catalog.items.values():
-                if "info" in item.sources:
-                    continue
-                entry = by_name.get(normalise_name(item.name))
-                if entry is None:
-                    options = by_title.get(normalise_title(item.title), [])
-                    if item.year:
-                        options = [e for e in options if not e["_year"] or abs(int(e["_year"][:4]) - int(item.year)) <= 1]
-                    entry = options[0] if len(options) == 1 else None
-                if entry is None:
-                    continue
-                _merge_unique(item.genres, [g.lower() for g in entry.get("genre", [])])
-                _merge_unique(item.directors, entry.get("director", []))
-                _merge_unique(item.stars, entry.get("star", []))
-                _merge_unique(item.writers, entry.get("writer", []))
-                if not item.plot and entry.get("plot"):
-                    item.plot = " ".join(str(entry["plot"]).replace("\u200b", "").split())
-                if not item.year and entry["_year"]:
-                    item.year = entry["_year"][:4]
-                item.sources.append("info")
+            if Path(info_path).exists():
+                catalog.join_info(MovieInfo(info_path))
         return catalog
+
+    def join_info(self, info: "MovieInfo", items: Iterable[Item] | None = None, year_tolerance: int | None = 1) -> None:
+        """Add `movie2info.json` metadata to the items (default: all) that have none from such a file yet."""
+        for item in items if items is not None else self.items.values():
+            if "info" in item.sources:
+                continue
+            entry = info.find(item.name, year_tolerance)
+            if entry is None:
+                continue
+            _merge_unique(item.genres, [g.lower() for g in entry.get("genre", [])])
+            _merge_unique(item.directors, entry.get("director", []))
+            _merge_unique(item.stars, entry.get("star", []))
+            _merge_unique(item.writers, entry.get("writer", []))
+            if not item.plot and entry.get("plot"):
+                item.plot = " ".join(str(entry["plot"]).replace("\u200b", "").split())
+            if not item.year and entry["_year"]:
+                item.year = entry["_year"][:4]
+            item.sources.append("info")
+
+    def add_item(self, item: Item) -> None:
+        self.items[item.item_id] = item
+        self.index[item.item_id] = len(self.ids)
+        self.ids.append(item.item_id)
+        self._by_name.setdefault(normalise_name(item.name), item.item_id)
+        self._by_title.setdefault(normalise_title(item.title), []).append(item.item_id)
 
     def match_rates(self, mentioned: Counter | None = None) -> dict:
         """Share of items (and of mentions, when `mentioned` counts them) with metadata, per source and in all."""
@@ -217,6 +212,38 @@ class Catalog:
             out[f"{label}_item_rate"] = len(hit) / total_items
             out[f"{label}_mention_rate"] = sum(weights[i] for i in hit) / total_mentions
         return out
+
+
+class MovieInfo:
+    """A `movie2info.json` file ("Title (Year)" -> title, year, genre, plot, director, writer, star) indexed by
+    normalised name and by normalised title."""
+
+    def __init__(self, path: str | Path):
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        self.by_name: dict[str, dict] = {}
+        self.by_title: dict[str, list[dict]] = {}
+        for key, entry in info.items():
+            if not isinstance(entry, dict):
+                continue
+            title = entry.get("title") or split_title_year(key)[0]
+            year = str(entry.get("year") or split_title_year(key)[1] or "")
+            entry = dict(entry, _title=title, _year=year)
+            self.by_name.setdefault(normalise_name(key), entry)
+            self.by_title.setdefault(normalise_title(title), []).append(entry)
+
+    def find(self, name: str, year_tolerance: int | None = 1) -> dict | None:
+        """Exact normalised 'title (year)', else the title alone when one entry has it (and, with a
+        `year_tolerance`, its year is that close; None ignores years)."""
+        entry = self.by_name.get(normalise_name(name))
+        if entry is not None:
+            return entry
+        title, year = split_title_year(name)
+        options = self.by_title.get(normalise_title(title), [])
+        if year and year_tolerance is not None:
+            options = [e for e in options if not e["_year"][:4].isdigit()
+                       or abs(int(e["_year"][:4]) - int(year)) <= year_tolerance]
+        return options[0] if len(options) == 1 else None
 
 
 def read_movies_csv(path: str | Path):
@@ -238,9 +265,10 @@ def read_movies_csv(path: str | Path):
             yield Item(item_id=row[0].strip(), name=name, title=title, year=year, mentions=mentions)
 
 
-def load_catalog(data_root: str | Path | None = None) -> Catalog:
+def load_catalog(data_root: str | Path | None = None, include_inspired: bool = True) -> Catalog:
     """The ReDial catalog from a data folder (`<root>/redial/...`, as `data_dir()` or `smtpo data synth` lays
-    it out), with match rates over the items its dialogue files mention in `catalog.match_report`."""
+    it out), with match rates over the items its dialogue files mention in `catalog.match_report`; with
+    `include_inspired` and an `<root>/inspired/` folder, INSPIRED's movies joined too (`catalog.inspired_report`)."""
     from .paths import data_dir
     from .redial import read_redial
 
@@ -254,4 +282,44 @@ def load_catalog(data_root: str | Path | None = None) -> Catalog:
             for utt in dialogue.utterances:
                 mentioned.update(utt.item_ids)
     catalog.match_report = catalog.match_rates(mentioned)
+    catalog.source_files = [p for p in (redial / "movies_with_mentions.csv", redial / "movie_kg.json",
+                                        redial / "movie2info.json") if p.exists()]
+    if include_inspired and (root / "inspired").is_dir():
+        catalog.inspired_report = add_inspired_items(catalog, root / "inspired")
+        catalog.source_files += sorted((root / "inspired").glob("*.tsv")) + sorted((root / "inspired").glob("*.json"))
     return catalog
+
+
+def add_inspired_items(catalog: Catalog, inspired: Path) -> dict:
+    """Join the movies INSPIRED dialogues mention to the catalog: by ReDial id where the normalised title
+    resolves, else as new items `title:<Title (Year)>` with metadata from INSPIRED's `movie2info.json` (matched on
+    the title without the year, as that file's years often differ) or ReDial's. Returns match rates over the
+    mentioned movies."""
+    from .inspired import read_inspired
+
+    mentioned: Counter = Counter()
+    for tsv in sorted(inspired.glob("*.tsv")):
+        for dialogue in read_inspired(tsv, skip_bad=True):
+            for utt in dialogue.utterances:
+                mentioned.update(utt.item_ids)
+    infos = [MovieInfo(p) for p in (inspired / "movie2info.json", inspired.parent / "redial" / "movie2info.json")
+             if p.exists()]
+    joined, with_meta = Counter(), Counter()
+    for name, count in mentioned.items():
+        item_id = catalog.resolve(name)
+        if item_id is not None:
+            joined[name] = count
+        else:
+            item_id = f"title:{name}"
+            if item_id not in catalog:
+                title, year = split_title_year(name)
+                item = Item(item_id=item_id, name=name, title=title, year=year)
+                for info in infos:
+                    catalog.join_info(info, [item], year_tolerance=None)
+                catalog.add_item(item)
+        if catalog[item_id].has_metadata:
+            with_meta[name] = count
+    items, mentions = max(len(mentioned), 1), max(sum(mentioned.values()), 1)
+    return {"items": len(mentioned), "mentions": sum(mentioned.values()),
+            "redial_id_item_rate": len(joined) / items, "redial_id_mention_rate": sum(joined.values()) / mentions,
+            "metadata_item_rate": len(with_meta) / items, "metadata_mention_rate": sum(with_meta.values()) / mentions}

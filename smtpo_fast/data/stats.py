@@ -39,7 +39,8 @@ def file_stats(path: Path, catalog, skip_bad: bool = False) -> dict:
 
 def dataset_stats(root: Path, skip_bad: bool = False) -> dict:
     catalog = load_catalog(root)
-    report = {"catalog_items": len(catalog), "metadata_match": catalog.match_report, "files": {}}
+    report = {"catalog_items": len(catalog), "metadata_match": catalog.match_report,
+              "inspired_match": catalog.inspired_report, "files": {}}
     files = sorted((root / "redial").glob("*.jsonl")) + sorted((root / "inspired").glob("*.tsv"))
     for path in files:
         report["files"][str(path.relative_to(root))] = file_stats(path, catalog, skip_bad)
@@ -53,6 +54,13 @@ def format_stats(report: dict) -> str:
              f"  movie_kg.json by id:            {m['kg_item_rate']:.1%} of items, {m['kg_mention_rate']:.1%} of mentions",
              f"  movie2info.json by name:        {m['info_item_rate']:.1%} of items, {m['info_mention_rate']:.1%} of mentions",
              f"  either:                         {m['any_item_rate']:.1%} of items, {m['any_mention_rate']:.1%} of mentions"]
+    if report.get("inspired_match"):
+        m = report["inspired_match"]
+        lines += [f"INSPIRED movies ({m['items']} mentioned, {m['mentions']} mentions):",
+                  f"  joined to a ReDial id by title: {m['redial_id_item_rate']:.1%} of items, "
+                  f"{m['redial_id_mention_rate']:.1%} of mentions",
+                  f"  with metadata (either file):    {m['metadata_item_rate']:.1%} of items, "
+                  f"{m['metadata_mention_rate']:.1%} of mentions"]
     for name, s in report["files"].items():
         lines.append(f"{name}:")
         for key, value in s.items():

@@ -163,6 +163,8 @@ def build_turn_dataset(paths, catalog: Catalog | None = None, config: TurnConfig
         return datasets.load_from_disk(str(target))
     skipped = SkipCounter()
     records = list(iter_turns(paths, catalog, config, skipped))
+    if skipped.count:
+        print(f"{', '.join(map(str, paths))}: {skipped.report()}")
     features = datasets.Features({
         "dialogue_id": datasets.Value("string"), "source": datasets.Value("string"),
         "turn_index": datasets.Value("int32"),

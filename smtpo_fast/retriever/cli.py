@@ -14,15 +14,12 @@ def _catalog(args):
 
 
 def _turns(path, catalog, args):
-    from ..data.errors import SkipCounter
-    from ..data.turns import TurnConfig, iter_turns
+    """The file's recommendation turns, through the on-disk `datasets` cache keyed by the input files' hashes."""
+    from ..data.turns import TurnConfig, build_turn_dataset
 
-    skipped = SkipCounter()
     config = TurnConfig(merge_consecutive=args.merge_consecutive, skip_bad=args.skip_bad)
-    turns = list(iter_turns(path, catalog, config, skipped))
-    if skipped.count:
-        print(f"{path}: {skipped.report()}")
-    return turns
+    dataset = build_turn_dataset(path, catalog, config, cache_dir=args.cache_dir, catalog_files=catalog.source_files)
+    return dataset.to_list()
 
 
 def _default_file(args, name: str) -> Path:
@@ -59,7 +56,7 @@ def _eval_command(args) -> int:
 
     catalog = _catalog(args)
     if args.model:
-        retriever = DualViewRetriever.load(args.model, catalog)
+        retriever = DualViewRetriever.load(args.model, catalog, cache_dir=args.cache_dir)
     else:
         retriever = _train(args, catalog)
         if args.save:
@@ -118,7 +115,8 @@ def add_commands(groups) -> None:
     _common(p)
     p.add_argument("--data", default=None,
                    help="test dialogues, ReDial JSONL or INSPIRED TSV (default: <data-dir>/redial/test_public.jsonl)")
-    p.add_argument("--model", default=None, help="a saved retriever folder; without it one is trained on --train")
+    p.add_argument("--model", default=None, help="a saved retriever folder (`smtpo train retriever --out`); its saved settings replace the "
+                        "retriever flags below except --cache-dir; without it one is trained on --train")
     p.add_argument("--save", default=None, help="save the retriever trained here to this folder")
     p.add_argument("--predictions-out", default=None,
                    help="write the fused ranking (top 100 ids and scores) per evaluated turn as JSON lines")

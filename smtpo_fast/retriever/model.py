@@ -46,8 +46,12 @@ class FusionModel(nn.Module):
     def item_vectors(self, item_semantic, item_collab):
         return self.item_semantic(item_semantic) + self.item_collab(item_collab)
 
+    def score_items(self, q, weights, items, features):
+        """q [B, H], weights [B, F], items [M, H], features [B, M, F] -> logits [B, M]."""
+        dense = q @ items.T / q.shape[-1] ** 0.5
+        # einsum runs as a batched matmul, with no [B, M, F] temporary in forward or backward.
+        return self.scale * dense + torch.einsum("bmf,bf->bm", features, weights)
+
     def forward(self, semantic_tokens, collab_token, token_mask, item_semantic, item_collab, features):
         q, weights = self.encode_context(semantic_tokens, collab_token, token_mask)
-        items = self.item_vectors(item_semantic, item_collab)
-        dense = q @ items.T / q.shape[-1] ** 0.5
-        return self.scale * dense + (features * weights[:, None, :]).sum(-1)
+        return self.score_items(q, weights, self.item_vectors(item_semantic, item_collab), features)

@@ -71,7 +71,7 @@ class RetrieverConfig:
     seed: int = 0
     """Seed of everything random."""
     cache_dir: str | None = None
-    """Where encoder embeddings are cached (default `~/.cache/smtpo_fast`)."""
+    """Where encoder embeddings and turn datasets are cached (default `$SMTPO_CACHE_DIR` or `~/.cache/smtpo_fast`)."""
 
 
 def context_text(context: list[dict], n: int) -> str:
@@ -157,8 +157,8 @@ class DualViewRetriever:
             if items:
                 v = self.item_semantic[items].mean(0)
                 sem_items[row] = v / max(float(np.linalg.norm(v)), 1e-8)
-        return {"text": full, "feedback": feedback, "context_items": context_items,
-                "sem_context": sem_context, "sem_feedback": sem_feedback, "sem_items": sem_items}
+        return {"text": full, "feedback": feedback, "context_items": context_items, "sem_context": sem_context,
+                "sem_feedback": sem_feedback, "sem_items": sem_items}
 
     def raw_features(self, enc: dict, rows, collab: CoMention, collab_rotation: np.ndarray | None = None):
         """[B, n_items, F] z-scored view scores, the collaborative context embeddings [B, C] and the item
@@ -200,7 +200,7 @@ class DualViewRetriever:
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         turns = [t for t in turns]
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         if self.item_semantic is None:
             self.prepare_items(progress)
         by_dialogue: dict[str, list[int]] = {}
@@ -212,6 +212,9 @@ class DualViewRetriever:
         self.collab = CoMention(len(self.item_ids), [by_dialogue[d] for d in dialogue_ids], cfg.collab_dim, cfg.seed)
         # Pairs to learn from: each new target of each turn with a context.
         enc = self.encode_queries([dict(t) for t in turns], progress=progress)
+        timing = {"encode_seconds": time.time() - start}
+        if cfg.folds < 1:
+            raise ValueError(f"folds must be at least 1, got {cfg.folds}")
         fold_of = {d: k % cfg.folds for k, d in enumerate(rng.permutation(dialogue_ids))}
         pairs = [(r, self.item_index[i]) for r, t in enumerate(turns) for i in t["new_target_ids"]
                  if i in self.item_index and t["context"]]
@@ -234,17 +237,17 @@ class DualViewRetriever:
             rows = [r for r in rows_needed if turns[r]["dialogue_id"] in held]
             for chunk in range(0, len(rows), 256):
                 part = rows[chunk:chunk + 256]
-                f, c, item_co = self.raw_features(enc, part, collab, rotation)
-                feats[part] = f
-                ctx_co[part] = c
-            item_co_by_fold[fold] = item_co
+                feats[part], ctx_co[part], _ = self.raw_features(enc, part, collab, rotation)
+            item_co_by_fold[fold] = collab.embeddings if rotation is None else collab.embeddings @ rotation
+        timing["features_seconds"] = time.time() - start - timing["encode_seconds"]
         fold_index = np.array([fold_of[t["dialogue_id"]] for t in turns])
         exclude = self.exclusion_mask(enc, range(len(turns)))
         targets_of = [set(self.item_indices(t["all_target_ids"])) for t in turns]
         # Hard negatives: what the untrained sum of view scores ranks highest but is not a target.
-        zsum = feats.astype(np.float32).sum(-1)
+        zsum = feats.sum(-1, dtype=np.float32)
         zsum[exclude] = -np.inf
-        hard = np.argsort(-zsum, axis=1)[:, : cfg.hard_negatives + 10]
+        n_hard = min(cfg.hard_negatives + 10, zsum.shape[1] - 1)
+        hard = np.argpartition(-zsum, n_hard, axis=1)[:, :n_hard]
 
         sem_dim = self.item_semantic.shape[1]
         self.model = FusionModel(sem_dim, cfg.collab_dim, len(FEATURES), cfg.hidden, cfg.heads, cfg.dropout)
@@ -274,19 +277,16 @@ class DualViewRetriever:
                 # Candidates: the batch's targets (in-batch negatives for the others) and the hard negatives.
                 candidates = np.unique(np.concatenate([targets, hard[rows].ravel()]))
                 position = {c: k for k, c in enumerate(candidates)}
-                # Item collaborative embeddings must come from the same fold model as the turn's features;
-                # all rows of a step share one fold's rotation-aligned embeddings, so use each row's own.
-                logits = []
-                for fold in np.unique(fold_index[rows]):
-                    sel = np.where(fold_index[rows] == fold)[0]
-                    r = rows[sel]
-                    out = self.model(sem_tokens[r], ctx_co_t[r], token_mask[r], item_sem_t[candidates],
-                                     item_co_t[fold][candidates],
-                                     torch.from_numpy(feats[r][:, candidates].astype(np.float32)))
-                    logits.append((sel, out))
+                # The context side is shared; the item side's collaborative embeddings come from the same fold
+                # model as each row's features, so rows are scored per fold against that fold's item vectors.
+                q, weights = self.model.encode_context(sem_tokens[rows], ctx_co_t[rows], token_mask[rows])
+                item_sem = self.model.item_semantic(item_sem_t[candidates])
+                batch_feats = torch.from_numpy(feats[rows[:, None], candidates[None, :]].astype(np.float32))
                 scores = torch.empty(len(rows), len(candidates))
-                for sel, out in logits:
-                    scores[torch.from_numpy(sel)] = out
+                for fold in np.unique(fold_index[rows]):
+                    sel = torch.from_numpy(np.where(fold_index[rows] == fold)[0])
+                    items = item_sem + self.model.item_collab(item_co_t[fold][candidates])
+                    scores[sel] = self.model.score_items(q[sel], weights[sel], items, batch_feats[sel])
                 # Mask the row's other targets and the items its context already mentions.
                 mask = np.zeros((len(rows), len(candidates)), dtype=bool)
                 for k, (r, t) in enumerate(zip(rows, targets)):
@@ -308,7 +308,8 @@ class DualViewRetriever:
             if progress:
                 bar.set_postfix(loss=f"{total / count:.3f}")
         self.model.eval()
-        self.train_log.append({"pairs": len(pairs), "turns": len(turns), "seconds": time.time() - start})
+        self.train_log.append({"pairs": len(pairs), "turns": len(turns), "seconds": time.time() - start,
+                               "cpu_seconds": time.process_time() - cpu_start, **timing})
         return self
 
     # ------------------------------------------------------------------------------------------- inference
@@ -383,11 +384,16 @@ class DualViewRetriever:
                      popularity=self.collab.popularity, embeddings=self.collab.embeddings)
 
     @classmethod
-    def load(cls, path: str | Path, catalog: Catalog) -> "DualViewRetriever":
+    def load(cls, path: str | Path, catalog: Catalog, cache_dir: str | None = None) -> "DualViewRetriever":
+        """A saved retriever over `catalog` (which must list the same items); `cache_dir` overrides the saved
+        embedding cache location."""
         path = Path(path)
         saved = json.loads((path / "config.json").read_text())
         known = {f.name for f in fields(RetrieverConfig)}
-        self = cls(catalog, RetrieverConfig(**{k: v for k, v in saved["config"].items() if k in known}))
+        config = RetrieverConfig(**{k: v for k, v in saved["config"].items() if k in known})
+        if cache_dir is not None:
+            config.cache_dir = cache_dir
+        self = cls(catalog, config)
         if saved["item_ids"] != self.item_ids:
             raise ValueError(f"{path}: the retriever was trained on a different catalog")
         self.train_log = saved.get("train_log", [])
