@@ -1,0 +1,141 @@
+"""Fidelity metrics computed on the handmade dialogue with scripted generations (so every number is known), and
+the `smtpo train simulator` / `smtpo eval simulator` commands end to end on the handmade data folder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from _data_fixtures import write_data_dir
+from _tiny_model import single_thread, tiny_model_folder
+from smtpo_fast.data.catalog import load_catalog
+from smtpo_fast.data.redial import read_redial
+from smtpo_fast.models import load_model
+from smtpo_fast.simulator import LABEL_FREE, TARGET_AWARE, UserSimulator
+from smtpo_fast.simulator.fidelity import evaluate_fidelity, fidelity_table, reply_nll
+from smtpo_fast.simulator.tasks import ATTRIBUTES_INSTRUCTION, OPENING_INSTRUCTION, TARGET_INSTRUCTION
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+
+
+class ScriptedSimulator(UserSimulator):
+    """Replies chosen from the prompt, so the metrics are known exactly."""
+
+    def generate(self, prompts, max_new_tokens=None, num_return_sequences=1, num_beams=1):
+        out = []
+        for prompt in prompts:
+            user = prompt[-1]["content"]
+            if user.endswith(ATTRIBUTES_INSTRUCTION):
+                replies = ["director: ivan reitman; genre: horror"]
+            elif user.endswith(TARGET_INSTRUCTION):
+                replies = ["Ghostbusters (1984)", "Not A Movie", "How to Train Your Dragon (2010)"]
+            elif user == OPENING_INSTRUCTION:
+                replies = ["I want something like Ghostbusters"]  # names the target: a leak
+            elif "- Ghostbusters (1984)" in user:
+                replies = ["yes!\n[feedback] accept: yes; likes: director:ivan reitman, genre:horror; dislikes: none"]
+            else:
+                replies = ["Ghostbusters was better\n[feedback] accept: yes; likes: none; dislikes: none"]
+            out.append(replies[:num_return_sequences])
+        return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = write_data_dir(tmp_path_factory.mktemp("data"))
+    catalog = load_catalog(root)
+    dialogues = list(read_redial(root / "redial" / "test_public.jsonl"))
+    model, tok = load_model(tiny_model_folder(tmp_path_factory.mktemp("tiny")))
+    return {"root": root, "catalog": catalog, "dialogues": dialogues, "model": model, "tok": tok}
+
+
+def test_label_free_metrics(setup):
+    sim = ScriptedSimulator(setup["model"], setup["tok"], setup["catalog"], mode=LABEL_FREE)
+    m = evaluate_fidelity(sim, setup["dialogues"], setup["catalog"])
+    # Turn 2 (Ghostbusters, liked) is the only labelled turn; the script accepts it.
+    assert (m["acceptance_accuracy"], m["false_accept_rate"], m["n_acceptance"], m["n_rejections"]) == (1.0, 0, 1, 0)
+    # 'director:ivan reitman' is true of Ghostbusters (turn 2) only; 'genre:horror' of neither target.
+    assert m["attributes_stated"] == 4 and m["attribute_precision"] == 0.25
+    # Ranked [Ghostbusters, (unresolvable), Dragon]: turn 2 hit at 1, turn 4 (Dragon) at 2.
+    assert (m["target_recall@1"], m["target_recall@10"], m["n_target_prediction"]) == (0.5, 1.0, 2)
+    assert m["n_replies"] == 2 and 1 < m["reply_perplexity"] < 10 * len(setup["tok"])
+
+
+def test_target_aware_metrics(setup):
+    sim = ScriptedSimulator(setup["model"], setup["tok"], setup["catalog"], mode=TARGET_AWARE)
+    m = evaluate_fidelity(sim, setup["dialogues"], setup["catalog"])
+    # Turn 2 holds the target (accept, right); turn 4 does not (accept, wrong: a false accept).
+    assert (m["acceptance_accuracy"], m["false_accept_rate"]) == (0.5, 1.0)
+    # The opening names the unrecommended target (leak); turn 4's reply names it after it was recommended (no leak).
+    assert (m["title_leak_rate"], m["n_leak_checks"]) == (0.5, 2)
+    assert m["attributes_stated"] == 2 and m["attribute_precision"] == 0.5
+    table = fidelity_table({"scripted": m})
+    assert table.splitlines()[0] == ("| Simulator | Accept acc ↑ | False accept ↓ | Attr precision ↑ | Title leak ↓ | "
+                                     "Reply PPL ↓ | Tail parsed |")
+    assert table.splitlines()[2].startswith("| scripted | 0.500 | 1.000 | 0.500 | 0.500 | ")
+    assert table.splitlines()[2].endswith(" | 1.000 |")
+
+
+def test_reply_nll_scores_only_the_reply_tokens(setup):
+    model, tok = setup["model"], setup["tok"]
+    prompt = [{"role": "user", "content": "Have you seen Ghostbusters (1984)?"}]
+    nll, n = reply_nll(model, tok, [prompt], ["yes, loved it"])
+    assert n == len(tok("yes, loved it", add_special_tokens=False)["input_ids"])
+    assert math.isfinite(nll) and nll > 0
+
+
+def test_train_and_eval_commands(setup, tmp_path, monkeypatch):
+    from smtpo_fast.cli import main
+
+    monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
+    config = tmp_path / "recipe.yaml"
+    config.write_text("sft: {batch_size: 2, lr: 0.003, warmup_steps: 1, max_length: 256}\nlabel_free: {max_steps: 3}\n"
+                      "target_aware: {max_steps: 2}\ntasks: {history_utterances: 3}\ntiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, "
+                      "num_heads: 2, num_kv_heads: 1, intermediate_size: 64}\n")
+    out = tmp_path / "sims"
+    assert main(["train", "simulator", "--data-dir", str(setup["root"]), "--train",
+                 str(setup["root"] / "redial" / "test_public.jsonl"), "--config", str(config), "--out", str(out),
+                 "--no-progress", "--lr", "0.004"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["simulators"]["label_free"]["steps"] == 3 and summary["simulators"]["target_aware"]["steps"] == 2
+    assert summary["simulators"]["label_free"]["config"]["lr"] == 0.004  # the flag beats the YAML
+    assert summary["simulators"]["label_free"]["config"]["batch_size"] == 2  # the YAML beats the default
+    assert (out / "label_free" / "final" / "config.json").exists()
+    loaded = UserSimulator.load(out / "target_aware" / "final", setup["catalog"])
+    assert loaded.mode == TARGET_AWARE and loaded.tasks.history_utterances == 3  # from the recipe
+    assert isinstance(loaded.start(["555"]), str)
+    table = tmp_path / "table.md"
+    assert main(["eval", "simulator", "--data-dir", str(setup["root"]), "--sims", str(out), "--max-new-tokens", "8",
+                 "--table-out", str(table), "--results-json", str(tmp_path / "r.json")]) == 0
+    text = table.read_text()
+    for row in ("tiny prompted (no SFT) [label-free]", "label-free SFT [label-free]",
+                "tiny prompted (no SFT) [target-aware]", "target-aware SFT [target-aware]"):
+        assert f"| {row} |" in text
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert set(results["test_public.jsonl"]["rows"]) == {
+        "tiny prompted (no SFT) [label-free]", "tiny prompted (no SFT) [target-aware]",
+        "label-free SFT [label-free]", "target-aware SFT [target-aware]"}
+    with pytest.raises(ValueError, match="unknown SFTConfig field"):
+        config.write_text("sft: {learning_rate: 1}\n")
+        main(["train", "simulator", "--data-dir", str(setup["root"]), "--config", str(config), "--out", str(out)])
+
+
+def test_retriever_reference_uses_the_same_turns(setup):
+    from smtpo_fast.simulator.fidelity import retriever_reference
+
+    class FixedRetriever:
+        def __init__(self):
+            self.queries = []
+
+        def topk(self, contexts, k=10, method="fused"):
+            self.queries += contexts
+            return [["555", "444"] for _ in contexts], None
+
+    retriever = FixedRetriever()
+    m = retriever_reference(retriever, setup["dialogues"], setup["catalog"])
+    # Turn 2 (target 555): hit at 1; turn 4 (target 444): hit at 2.
+    assert (m["target_recall@1"], m["target_recall@10"], m["n_target_prediction"]) == (0.5, 1.0, 2)
+    assert retriever.queries[1]["context_item_ids"] == ["222", "555"]
+    # Top-1 is Ghostbusters both times: its 4 stated attributes are all true of 555 and none of the Dragon.
+    assert m["attribute_precision"] == 0.5
