@@ -1,3 +1,3 @@
 """Triton kernels of smtpo-fast (installed as ``smtpo_fast.kernels``). Host-side wrappers live in smtpo_fast.ops."""
 
-from . import logprob  # noqa: F401
+from . import decode_attention, logprob, sampling  # noqa: F401
