@@ -462,7 +462,9 @@ class RolloutEngine:
                 st.done.copy_(torch.isin(tok, eos))
             st.seed.add_(1)
             hist_tok.append(tok), hist_lp.append(lp), hist_lp1.append(lp1), hist_active.append(st.active.clone())
-            step_fn = self._graphs.step_fn(st, sampling, eos) if self._graphs is not None else None
+            step_fn = None
+            if self._graphs is not None:  # the loop then works on views of the captured bucket's buffers
+                st, step_fn = self._graphs.bind(st, sampling, eos, tuple(eos_ids or ()))
             for step in range(1, max_new_tokens):
                 if step % self.poll_every == 0:
                     if stop_strings:
