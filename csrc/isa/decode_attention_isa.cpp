@@ -23,10 +23,11 @@ namespace {
 constexpr int64_t kBlock = 64;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-template <int DT>
+// DC: the head dim when known at compile time (64, 128: the loops over it unroll into whole vectors), else 0.
+template <int DT, int DC>
 static void attn_impl(const DecodeAttnArgs& a) {
   using T = typename Elem<DT>::T;
-  const int64_t G = a.Hq / a.Hkv, D = a.D;
+  const int64_t G = a.Hq / a.Hkv, D = DC > 0 ? DC : a.D;
   const int64_t tasks = a.B * a.Hkv;
   const T* Q = static_cast<const T*>(a.q);
   const T* K = static_cast<const T*>(a.k);
@@ -110,13 +111,20 @@ static void attn_impl(const DecodeAttnArgs& a) {
   }
 }
 
+template <int DT>
+static void attn_dispatch_d(const DecodeAttnArgs& a) {
+  if (a.D == 64) attn_impl<DT, 64>(a);
+  else if (a.D == 128) attn_impl<DT, 128>(a);
+  else attn_impl<DT, 0>(a);
+}
+
 }  // namespace
 
 void decode_attention(const DecodeAttnArgs& a) {
   switch (a.dtype) {
-    case kFloat32: attn_impl<0>(a); break;
-    case kBFloat16: attn_impl<1>(a); break;
-    case kFloat16: attn_impl<2>(a); break;
+    case kFloat32: attn_dispatch_d<0>(a); break;
+    case kBFloat16: attn_dispatch_d<1>(a); break;
+    case kFloat16: attn_dispatch_d<2>(a); break;
     default: throw std::invalid_argument(std::string("q: unsupported dtype ") + dtype_name(a.dtype));
   }
 }
