@@ -39,6 +39,14 @@ def test_ragged_lengths_gqa(backend, device, dtype):
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
+@pytest.mark.parametrize("D", [64, 128])
+def test_common_head_dims(backend, device, D):
+    # The CPU kernel has compile-time paths for D = 64 and 128; the CUDA one picks lanes by D.
+    q, k, v = _inputs(3, 4, 1, 40, D, torch.float32, device, seed=6)
+    _check(backend, device, q, k, v, torch.tensor([40, 13, 2], device=device))
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
 def test_cache_rows_strided_views_and_scale(backend, device):
     # Queries read other cache rows; q is a strided view; caches are a slice of a larger buffer.
     B, Hq, Hkv, S, D = 4, 4, 4, 29, 16
