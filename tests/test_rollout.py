@@ -202,3 +202,24 @@ def test_bad_input_gives_clear_errors():
         RolloutEngine(gpt2, max_batch=2, max_seq_len=16)
     with pytest.raises(ValueError, match="max_batch"):
         RolloutEngine(model, max_batch=0, max_seq_len=16)
+
+
+def test_packed_cpu_linears_match_and_follow_weight_updates():
+    from smtpo_fast.rollout.cpu_linear import PackedLinears, mkl_packing_available
+
+    if not mkl_packing_available():
+        pytest.skip("torch without MKL")
+    lin = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8, bias=False))
+    packed = PackedLinears(lin)
+    x = torch.randn(4, 1, 16)
+    with torch.no_grad():
+        ref = lin(x)
+        with packed.active(4):
+            assert "forward" in lin[0].__dict__
+            torch.testing.assert_close(lin(x), ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(lin(x[:3]), lin[1](lin[0](x[:3])))  # other row counts: plain path
+        assert "forward" not in lin[0].__dict__, "the model's Linear forward must be restored"
+        lin[0].weight.mul_(2.0)  # an optimizer-style in-place update
+        with packed.active(4):
+            torch.testing.assert_close(lin(x), lin[1](torch.nn.functional.linear(x, lin[0].weight, lin[0].bias)),
+                                       rtol=1e-5, atol=1e-5)
