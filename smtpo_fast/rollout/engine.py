@@ -466,7 +466,9 @@ class RolloutEngine:
         hist_tok, hist_lp, hist_lp1, hist_active = [], [], [], []
         stop_at = [None] * n     # step at which a stop string ended (host), per row
         checked = 0              # steps already scanned for stop strings
-        with self._engine_attention(), (self._packed.active(n) if self._packed else contextlib.nullcontext()):
+        # One row is a matrix-vector product, already bandwidth-bound in MKL: packing only pays from 2 rows.
+        packed = self._packed.active(n) if self._packed is not None and n >= 2 else contextlib.nullcontext()
+        with self._engine_attention(), packed:
             tok, lp, lp1 = self._pick(conv.next_logits, sampling, st.seed)
             st.cur.copy_(tok)
             if eos is not None:
