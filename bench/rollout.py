@@ -106,7 +106,8 @@ def bench_decode(model, device, batches, prompt_len, new_tokens, max_batch, with
         t_pref, conv = timed(lambda: engine.start(ids), device)
         t_dec, out = timed(lambda: engine.generate(conv, max_new_tokens=new_tokens, eos_token_id=[]), device)
         engine.release(conv)
-        res.update(engine_prefill_s=t_pref, engine_decode_s=t_dec, engine_s=t_pref + t_dec)
+        res.update(engine_prefill_s=t_pref, engine_decode_s=t_dec, engine_s=t_pref + t_dec,
+                   cuda_graphs=bool(engine._graphs is not None and engine._graphs.enabled))
         same = torch.equal(out.tokens.cpu(), out_hf[:, prompt_len:].cpu())
         agree = (out.tokens.cpu() == out_hf[:, prompt_len:].cpu()).float().mean().item()
         ntok = B * new_tokens
