@@ -5,6 +5,8 @@ namespace py = pybind11;
 
 void register_logprob(py::module_& m);
 void register_advantages(py::module_& m);
+void register_decode_attention(py::module_& m);
+void register_sampling(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "smtpo-fast native kernels (raw-pointer interface; see smtpo_fast/_ext.py)";
@@ -15,4 +17,6 @@ PYBIND11_MODULE(_C, m) {
 #endif
   register_logprob(m);
   register_advantages(m);
+  register_decode_attention(m);
+  register_sampling(m);
 }

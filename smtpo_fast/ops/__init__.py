@@ -10,9 +10,11 @@ from .advantages import (
     rloo_advantages,
     turn_rewards_to_tokens,
 )
+from .attention import decode_attention, decode_attention_reference, kv_cache_append, kv_cache_append_reference
 from .linear_logprob import linear_token_logprobs, linear_token_logprobs_reference
 from .logprob import token_logprobs, token_logprobs_reference
 from .policy_loss import kl_penalty, ppo_policy_loss
+from .sampling import sample, sample_reference, sampling_logprobs_reference, sampling_mask_reference
 
 __all__ = [
     "backends",
@@ -29,4 +31,12 @@ __all__ = [
     "masked_whiten",
     "ppo_policy_loss",
     "kl_penalty",
+    "decode_attention",
+    "decode_attention_reference",
+    "kv_cache_append",
+    "kv_cache_append_reference",
+    "sample",
+    "sample_reference",
+    "sampling_logprobs_reference",
+    "sampling_mask_reference",
 ]

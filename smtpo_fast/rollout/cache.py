@@ -1,0 +1,130 @@
+"""The engine's static KV cache and the attention function it plugs into HF models.
+
+HF's Llama / Qwen2 / Mistral attention modules project q/k/v, apply RoPE, call ``cache.update(k, v, layer_idx)``
+and then the attention function named by ``config._attn_implementation``. The engine registers
+``"smtpo_rollout"`` in ``transformers.AttentionInterface`` and passes a ``StaticKVCache`` plus a ``StepPlan``
+(as the ``rollout_plan`` keyword, which HF forwards untouched to both), so the model code stays HF's:
+
+* ``update`` writes the new keys/values in place into preallocated ``[rows, Hkv, S, D]`` buffers (one indexed
+  write per layer via ``kv_cache_append``) and hands back the whole buffers;
+* the attention function runs ``decode_attention`` (one query per row, ragged lengths, GQA) for decode steps, and
+  per-row causal SDPA over ``[0, pos0 + n)`` of the row's cache for packed ragged prefills / ``extend``.
+
+Because ``"smtpo_rollout"`` is not in HF's mask registry, ``create_causal_mask`` returns None at once: no per-step
+mask is built. ``RolloutEngine`` switches the model to this implementation only for the duration of its calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.attention import decode_attention, kv_cache_append_reference
+
+ATTN_IMPLEMENTATION = "smtpo_rollout"
+
+
+@dataclass
+class StepPlan:
+    """What one forward pass of the engine does, read by ``StaticKVCache.update`` and ``rollout_attention``.
+
+    Decode (``segments is None``): token ``b`` of the batch is written at ``positions[b]`` of cache row
+    ``rows[b]`` and attends to ``[0, lengths[b])`` of that row (``lengths = positions + 1``).
+    Prefill (``segments`` given): the batch is one packed sequence of ``N`` tokens; token ``i`` is written at
+    ``positions[i]`` of row ``rows[i]``; each segment ``(row, start, n, pos0)`` is ``n`` consecutive tokens of one
+    cache row that start at cache position ``pos0`` and attend causally to ``[0, pos0 + n)`` of it.
+    """
+
+    rows: torch.Tensor                 # [B] or [N] int64 cache rows
+    positions: torch.Tensor            # [B] or [N] int64 write positions
+    lengths: torch.Tensor | None = None  # [B] int64 (decode)
+    segments: list | None = None         # prefill: [(row, start, n, pos0)] as Python ints
+    attention_backend: str | None = None
+
+
+class StaticKVCache:
+    """Per layer ``k[l], v[l]``: ``[num_rows, Hkv, max_seq_len, D]`` buffers allocated once, written in place.
+
+    Only the two methods HF's attention modules call are implemented (``update``, plus the properties its mask
+    helpers may look at); it is deliberately not an ``transformers.Cache`` (no growth, no per-step bookkeeping).
+    """
+
+    is_compileable = True
+
+    def __init__(self, num_layers, num_rows, num_kv_heads, max_seq_len, head_dim, dtype, device):
+        shape = (num_rows, num_kv_heads, max_seq_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.max_seq_len = max_seq_len
+        self.num_rows = num_rows
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None, kwargs=None, **extra):
+        plan: StepPlan = (kwargs or cache_kwargs or extra or {}).get("rollout_plan")
+        if plan is None:
+            raise RuntimeError("StaticKVCache.update: called without a rollout_plan (use it through RolloutEngine)")
+        K, V = self.k[layer_idx], self.v[layer_idx]
+        if plan.segments is None:  # decode: [B, Hkv, 1, D]
+            k_new, v_new = key_states[:, :, 0], value_states[:, :, 0]
+        else:  # packed prefill: [1, Hkv, N, D]
+            k_new, v_new = key_states[0].transpose(0, 1), value_states[0].transpose(0, 1)
+        # Validated once per engine call, not per layer: this is the op's body without its argument checks.
+        kv_cache_append_reference(K, V, k_new, v_new, plan.rows, plan.positions)
+        return K, V
+
+    # HF's mask helpers ask these of caches; one full-attention layer group.
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        raise RuntimeError("StaticKVCache: pass position_ids explicitly (the engine always does)")
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+def rollout_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The ``"smtpo_rollout"`` attention function. ``query``: ``[B, Hq, T, D]``; ``key`` / ``value``: the cache
+    buffers returned by ``StaticKVCache.update``. Returns ``([B, T, Hq, D], None)`` as HF's functions do."""
+    plan: StepPlan | None = kwargs.get("rollout_plan")
+    if plan is None:
+        # Used outside the engine (e.g. a training forward while the engine's implementation is still set).
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    sliding = kwargs.get("sliding_window")
+    if sliding is not None and sliding < key.shape[2]:
+        raise NotImplementedError("rollout engine: sliding-window attention shorter than max_seq_len")
+    if plan.segments is None:
+        out = decode_attention(query[:, :, 0], key, value, plan.lengths, scale=scaling, cache_rows=plan.rows,
+                               backend=plan.attention_backend)
+        return out.unsqueeze(1), None
+    B, Hq, N, D = query.shape
+    out = query.new_empty((1, N, Hq, D))
+    gqa = Hq != key.shape[1]
+    for row, start, n, pos0 in plan.segments:
+        q = query[:, :, start:start + n]
+        k = key[row:row + 1, :, :pos0 + n]
+        v = value[row:row + 1, :, :pos0 + n]
+        if pos0 == 0:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+        else:
+            # Query i sits at cache position pos0 + i and sees positions <= pos0 + i.
+            allowed = (torch.arange(pos0 + n, device=q.device)[None, :]
+                       <= (pos0 + torch.arange(n, device=q.device))[:, None])
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scaling, enable_gqa=gqa)
+        out[0, start:start + n] = o[0].transpose(0, 1)
+    return out, None
+
+
+_registered = False
+
+
+def register_attention() -> str:
+    """Register ``rollout_attention`` in transformers' AttentionInterface (once) and return its name."""
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ATTN_IMPLEMENTATION, rollout_attention)
+        _registered = True
+    return ATTN_IMPLEMENTATION
