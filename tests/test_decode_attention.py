@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from smtpo_fast.ops import decode_attention, decode_attention_reference, kv_cache_append, kv_cache_append_reference
-from tests.helpers import assert_close, backend_device_pairs
+from helpers import assert_close, backend_device_pairs
 
 PAIRS = backend_device_pairs()
 TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (4e-3, 4e-3)}

@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from smtpo_fast import _ext
 from smtpo_fast.ops import sampling_logprobs_reference
 from smtpo_fast.rollout import RolloutEngine
-from tests.helpers import assert_close
+from helpers import assert_close
 
 VOCAB, EOS, PAD = 300, 2, 0
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -9,7 +9,7 @@ import torch
 from smtpo_fast import _ext
 from smtpo_fast.ops import sample, sampling_logprobs_reference, sampling_mask_reference
 from smtpo_fast.ops.sampling import sample_with_cutoff
-from tests.helpers import assert_close, backend_device_pairs
+from helpers import assert_close, backend_device_pairs
 
 PAIRS = backend_device_pairs()
 CONFIGS = [

@@ -16,6 +16,7 @@ mask is built. ``RolloutEngine`` switches the model to this implementation only 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,21 @@ class StepPlan:
     attention_backend: str | None = None
 
 
+# The plan of the forward in progress, set by RolloutEngine around each model call. HF versions differ in which
+# keyword arguments reach ``cache.update`` (5.17 passes none), so both hooks fall back to this.
+_active_plan: "StepPlan | None" = None
+
+
+@contextmanager
+def active_plan(plan: "StepPlan"):
+    global _active_plan
+    previous, _active_plan = _active_plan, plan
+    try:
+        yield
+    finally:
+        _active_plan = previous
+
+
 class StaticKVCache:
     """Per layer ``k[l], v[l]``: ``[num_rows, Hkv, max_seq_len, D]`` buffers allocated once, written in place.
 
@@ -61,7 +77,7 @@ class StaticKVCache:
         self.num_rows = num_rows
 
     def update(self, key_states, value_states, layer_idx, cache_kwargs=None, kwargs=None, **extra):
-        plan: StepPlan = (kwargs or cache_kwargs or extra or {}).get("rollout_plan")
+        plan: StepPlan = (kwargs or cache_kwargs or extra or {}).get("rollout_plan") or _active_plan
         if plan is None:
             raise RuntimeError("StaticKVCache.update: called without a rollout_plan (use it through RolloutEngine)")
         K, V = self.k[layer_idx], self.v[layer_idx]
@@ -84,7 +100,7 @@ class StaticKVCache:
 def rollout_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The ``"smtpo_rollout"`` attention function. ``query``: ``[B, Hq, T, D]``; ``key`` / ``value``: the cache
     buffers returned by ``StaticKVCache.update``. Returns ``([B, T, Hq, D], None)`` as HF's functions do."""
-    plan: StepPlan | None = kwargs.get("rollout_plan")
+    plan: StepPlan | None = kwargs.get("rollout_plan") or _active_plan
     if plan is None:
         # Used outside the engine (e.g. a training forward while the engine's implementation is still set).
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -25,7 +25,7 @@ import torch
 
 from .. import _ext
 from ..ops.sampling import sample_with_cutoff
-from .cache import StaticKVCache, StepPlan, register_attention
+from .cache import StaticKVCache, StepPlan, active_plan, register_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -271,8 +271,9 @@ class RolloutEngine:
         return out
 
     def _forward(self, input_ids, position_ids, plan, logits_to_keep=0):
-        out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
-                         logits_to_keep=logits_to_keep, rollout_plan=plan, **{self._cache_arg: self.cache})
+        with active_plan(plan):
+            out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                             logits_to_keep=logits_to_keep, rollout_plan=plan, **{self._cache_arg: self.cache})
         return out.logits
 
     # ------------------------------------------------------------------------------------------------------------
