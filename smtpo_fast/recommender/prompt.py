@@ -1,9 +1,9 @@
 """The recommender's prompt (dialogue so far + numbered retriever candidates with short metadata) and its answer
 format: a short reasoning chain, then one line with the ranked top-10 as candidate numbers.
 
-    Preferences: genre: western; era: 1970s
-    Matches: [4] genre:western, era:1970s; [9] genre:western
-    Ranking: [4] best matches the stated preferences.
+    Preferences: western, 1970s
+    Matches: [4] western, 1970s; [9] western
+    Ranking: [4] Iron Garden (1971) fits best.
     Top-10: 4, 9, 1, 2, 3, 5, 6, 7, 8, 10
 
 Candidate numbers (1..K) rather than catalog ids or titles: a handful of short tokens a small model copies
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from ..data.catalog import Catalog
 from ..data.dialogue import SEEKER
-from ..simulator.tasks import TaskConfig, describe_item, display_name, format_attribute_line, item_attributes, \
-    render_history
+from ..simulator.tasks import TaskConfig, describe_item, display_name, item_attributes, render_history
 
 SYSTEM = ("You are a movie recommender. Read the conversation and the candidate movies, reason briefly about what "
           "the seeker wants, then rank the candidates.")
@@ -93,12 +92,17 @@ def stated_preferences(context: list[dict], vocab: dict[str, str]) -> list[str]:
     return out
 
 
+def _values(attributes: list[str]) -> str:
+    return ", ".join(a.split(":", 1)[-1] for a in attributes)
+
+
 def format_answer(preferences: list[str], matches: list[tuple[int, list[str]]], ranked: list[int],
                   explanation: str) -> str:
-    """The answer text (see the module docstring). `matches`: (candidate number, matching attributes);
-    `ranked`: candidate numbers, best first."""
-    match_text = "; ".join(f"[{k}] {', '.join(attrs)}" for k, attrs in matches if attrs) or "none"
-    return (f"Preferences: {format_attribute_line(preferences) if preferences else 'unknown'}\n"
+    """The answer text (see the module docstring): attribute values only, so small models have few tokens to
+    write before the list. `matches`: (candidate number, matching typed attributes); `ranked`: candidate
+    numbers, best first."""
+    match_text = "; ".join(f"[{k}] {_values(attrs)}" for k, attrs in matches if attrs) or "none"
+    return (f"Preferences: {_values(preferences) if preferences else 'unknown'}\n"
             f"Matches: {match_text}\nRanking: {explanation}\n{TOP_MARKER} {', '.join(str(k) for k in ranked)}")
 
 

@@ -23,7 +23,7 @@ def candidates_with_target(candidates: list[str], target: str, k: int, rng: rand
 
 
 def reasoning_answer(candidates: list[str], target: str, preferences: list[str], liked_attributes: Iterable[str],
-                     catalog: Catalog, top_n: int = 10, shown_matches: int = 3) -> str:
+                     catalog: Catalog, top_n: int = 10, shown_matches: int = 2) -> str:
     """The answer text for a turn whose true target is `target` (see the module docstring)."""
     wanted = set(preferences) | set(liked_attributes)
     attrs = {c: all_item_attributes(c, catalog) for c in candidates}
@@ -38,10 +38,8 @@ def reasoning_answer(candidates: list[str], target: str, preferences: list[str],
         hit = sorted(attrs[c] & set(preferences)) or sorted(attrs[c] & wanted)[:2]
         if c == target and not hit:
             hit = sorted(a for a in attrs[c] if a.startswith("genre:"))[:2]
-        matches.append((order[c] + 1, hit[:3]))
-    reasons = sorted(attrs[target] & set(preferences)) or sorted(attrs[target] & wanted)[:2]
-    why = ", ".join(a.split(":", 1)[1] for a in reasons) if reasons else "what you described"
-    explanation = f"[{order[target] + 1}] {display_name(target, catalog)} fits best: {why}."
+        matches.append((order[c] + 1, hit[:2]))
+    explanation = f"[{order[target] + 1}] {display_name(target, catalog)} fits best."
     return format_answer(preferences, matches, [order[c] + 1 for c in ranked[:top_n]], explanation)
 
 
