@@ -16,6 +16,7 @@ import textwrap
 COMMAND_MODULES = [
     "smtpo_fast.data.cli",
     "smtpo_fast.retriever.cli",
+    "smtpo_fast.pipeline",
 ]
 
 GROUP_HELP = {

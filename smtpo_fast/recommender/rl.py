@@ -79,6 +79,9 @@ class RLConfig:
     ensure_target_in_candidates: bool = True
     """Put the true target among the candidates when the retriever missed it (training only; without it, turns
     whose candidates lack the target give the whole group zero recommendation reward and no signal)."""
+    simulator_sees_targets: bool = False
+    """Pass the episode's targets to the simulator (the target-aware-simulator ablation; SMTPO's label-free
+    simulator never sees them)."""
     stop_when_first: bool = True
     """End an episode once the continuing answer ranks the target first."""
     seed: int = 0
@@ -175,7 +178,9 @@ def run_episodes(turns: list[dict], sample_fn: Callable[[list[list[dict]], int],
         if talking:
             dialogues = [states[i].context + [{"role": "recommender",
                                                "text": recommendation_utterance(r, catalog)}] for i, r in talking]
-            replies = simulator.respond_batch(dialogues, [r[:3] for _, r in talking])
+            targets = ([states[i].turn["new_target_ids"] for i, _ in talking] if config.simulator_sees_targets
+                       else None)
+            replies = simulator.respond_batch(dialogues, [r[:3] for _, r in talking], targets)
             for (i, ranked), dialogue, fb in zip(talking, dialogues, replies):
                 s = states[i]
                 s.context = dialogue + [{"role": "seeker", "text": fb.text}]

@@ -1,0 +1,38 @@
+"""`smtpo run` end to end on the smallest config: every stage, the report, and a second run that is all cached."""
+
+from pathlib import Path
+
+import pytest
+
+from _tiny_model import single_thread
+from smtpo_fast.cli import main
+from smtpo_fast.pipeline import load_config
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "pipeline_test.yaml"
+
+
+def test_config_errors_name_the_setting(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rl: {stepz: 3}\n")
+    with pytest.raises(ValueError, match="stepz"):
+        load_config(bad)
+    bad.write_text("ablations: [nonsense]\n")
+    with pytest.raises(ValueError, match="nonsense"):
+        load_config(bad)
+    assert load_config(CONFIG).rl.steps == 2
+
+
+def test_smtpo_run_end_to_end_and_cached(tmp_path, capsys):
+    args = ["run", "--config", str(CONFIG), "--runs-dir", str(tmp_path), "--device", "cpu"]
+    assert main(args) == 0
+    run = tmp_path / "test"
+    report = (run / "report.md").read_text()
+    for label in ("Popularity", "Retriever only", "Prompted base model", "SFT only", "SFT + RL"):
+        assert f"| {label} |" in report
+    assert (run / "report_plots" / "rl_curves.png").exists()
+    assert (run / "eval" / "predictions_interactive_rl.jsonl").read_text().count("\n") == 4
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count(": cached") == 7 and ": running" not in out
