@@ -50,7 +50,8 @@ class EvalConfig:
     recommender_max_new_tokens: int = 96
     """Longest recommender answer."""
     transfer_file: str = ""
-    """A second test file (e.g. INSPIRED dev.tsv) evaluated statically with the same models; '' for none."""
+    """A second test file (e.g. inspired/dev.tsv, relative to data_dir unless absolute) evaluated statically with
+    the same models; '' for none."""
 
 
 @dataclass
@@ -64,7 +65,8 @@ class PipelineConfig:
     preset: str = "tiny"
     """Base model: 'tiny' (built from scratch), 'smollm2-135m' or an HF folder."""
     data_dir: str = ""
-    """Data folder with redial/ (and inspired/); '' generates synthetic data (offline)."""
+    """Data folder with redial/ (and inspired/); 'auto' is $SMTPO_DATA_DIR or ../shared/data; '' generates
+    synthetic data (offline)."""
     train_file: str = "redial/train_sample.jsonl"
     """Training dialogues, relative to data_dir."""
     test_file: str = "redial/test_public.jsonl"
@@ -81,14 +83,18 @@ class PipelineConfig:
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(n_movies=200, n_dialogues=600))
     tiny: TinyConfig = field(default_factory=TinyConfig)
     retriever: RetrieverConfig = field(default_factory=lambda: RetrieverConfig(folds=1, epochs=8))
-    simulator_sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=300, batch_size=8, lr=3e-3,
-                                                                        warmup_steps=20, max_length=512))
-    recommender_sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=8, lr=3e-3,
-                                                                          warmup_steps=20, max_length=768))
-    rl: RLConfig = field(default_factory=lambda: RLConfig(steps=20, episodes_per_step=4, group_size=4, lr=2e-4))
+    # The defaults fit the 20-minute budget on 2 CPU cores: short SFT, 10 candidates (half the prompt), few RL
+    # steps, and a sample of the test turns. configs/redial.yaml sets the full sizes.
+    simulator_sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=150, batch_size=8, lr=3e-3,
+                                                                        warmup_steps=10, max_length=384))
+    recommender_sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=250, batch_size=8, lr=3e-3,
+                                                                          warmup_steps=10, max_length=512))
+    rl: RLConfig = field(default_factory=lambda: RLConfig(steps=12, episodes_per_step=4, group_size=4, lr=2e-4,
+                                                          max_new_tokens=72, max_prompt_tokens=448, save_every=2))
     rewards: RewardConfig = field(default_factory=RewardConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(num_candidates=10))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_static_turns=100, max_interactive=40,
+                                                                recommender_max_new_tokens=72))
 
 
 SECTIONS = {"synth", "tiny", "retriever", "simulator_sft", "recommender_sft", "rl", "rewards", "prompt", "eval"}
@@ -169,6 +175,10 @@ class Pipeline:
     # -- shared objects ------------------------------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:
+        if self.config.data_dir == "auto":
+            from .data.paths import data_dir
+
+            return data_dir()
         return Path(self.config.data_dir) if self.config.data_dir else self.root / "data" / "synthetic"
 
     def catalog(self):
@@ -232,7 +242,8 @@ class Pipeline:
                 from .data.synth import generate
 
                 generate(folder / "synthetic", dataclasses.replace(cfg.synth, seed=cfg.synth.seed or cfg.seed))
-        data_inputs = [asdict(cfg.synth)] if not cfg.data_dir else [cfg.data_dir, cfg.train_file, cfg.test_file]
+        data_inputs = ([asdict(cfg.synth)] if not cfg.data_dir
+                       else [str(self.data_dir), cfg.train_file, cfg.test_file])
         self.stage("data", data_inputs, data_stage)
 
         def retriever_stage(folder):
@@ -361,7 +372,9 @@ class Pipeline:
         if cfg.eval.transfer_file:
             from .data.turns import iter_turns
 
-            transfer = static_turns(list(iter_turns(Path(cfg.eval.transfer_file), catalog)), catalog)
+            path = Path(cfg.eval.transfer_file)
+            path = path if path.is_absolute() else self.data_dir / path
+            transfer = static_turns(list(iter_turns(path, catalog)), catalog)
             for key, _, ranker in methods:
                 results[key]["transfer"] = static_eval(ranker, transfer)[0]
         (folder / "results.json").write_text(json.dumps(results, indent=1))
