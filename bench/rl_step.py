@@ -70,7 +70,8 @@ def one_variant(backend: str, args, world) -> dict:
         max_new_tokens=args.sim_tokens, batch_size=64))
     cfg = RLConfig(output_dir=tempfile.mkdtemp(), steps=10**6, episodes_per_step=args.episodes,
                    group_size=args.group, max_turns=args.turns, max_new_tokens=args.new_tokens,
-                   micro_batch=args.micro_batch, ppo_epochs=1, resume=False, progress=False, device=args.device)
+                   micro_batch=args.micro_batch, ppo_epochs=1, rollout_batch_size=64, resume=False, progress=False,
+                   device=args.device)
     trainer = GRPOTrainer(policy, tokenizer, turns, lambda q: [ids[:20] for _ in q], simulator, catalog, cfg,
                           PromptConfig(num_candidates=20), RewardConfig())
     for _ in range(args.warmup):

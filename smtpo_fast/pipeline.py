@@ -101,12 +101,16 @@ SECTIONS = {"synth", "tiny", "retriever", "simulator_sft", "recommender_sft", "r
 
 
 def load_config(path: str | Path | None = None, **overrides) -> PipelineConfig:
-    """A `PipelineConfig` from a YAML file (unknown keys are errors naming them) and top-level overrides."""
+    """A `PipelineConfig` from a YAML (or JSON) file (unknown keys are errors naming them) and top-level
+    overrides (None values ignored)."""
     import yaml
 
-    config = PipelineConfig()
     values = yaml.safe_load(Path(path).read_text()) if path else {}
-    values = values or {}
+    return config_from_dict(values or {}, str(path or "config"), **overrides)
+
+
+def config_from_dict(values: dict, path: str = "config", **overrides) -> PipelineConfig:
+    config = PipelineConfig()
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of pipeline settings")
     known = {f.name for f in dataclasses.fields(PipelineConfig)}
@@ -457,9 +461,8 @@ def _eval_command(args) -> int:
     from .data.turns import iter_turns
     from .simulator import TARGET_AWARE
 
-    config = load_config(Path(args.run) / "config.yaml" if (Path(args.run) / "config.yaml").exists() else None)
-    saved = json.loads((Path(args.run) / "config.json").read_text())
-    config.data_dir, config.name, config.runs_dir = saved["data_dir"], Path(args.run).name, str(Path(args.run).parent)
+    config = load_config(Path(args.run) / "config.json", name=Path(args.run).name,
+                         runs_dir=str(Path(args.run).parent))
     pipeline = Pipeline(config)
     catalog = pipeline.catalog()
     data = Path(args.data) if args.data else pipeline.data_dir / config.test_file

@@ -1,5 +1,6 @@
 """`smtpo run` end to end on the smallest config: every stage, the report, and a second run that is all cached."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,12 @@ def test_smtpo_run_end_to_end_and_cached(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count(": cached") == 7 and ": running" not in out
+    # `smtpo eval recommender` on the run's models, any test file, with predictions written.
+    predictions = tmp_path / "preds.jsonl"
+    test_file = run / "data" / "synthetic" / "redial" / "test_public.jsonl"
+    assert main(["eval", "recommender", "--run", str(run), "--data", str(test_file), "--max-turns", "3",
+                 "--interactive-turns", "2", "--max-interactive", "2", "--predictions-out", str(predictions)]) == 0
+    rows = [json.loads(x) for x in predictions.read_text().splitlines()]
+    assert [r["mode"] for r in rows] == ["static"] * 3 + ["interactive"] * 2
+    assert all(len(r["ranked_ids"]) >= 1 and r["target_ids"] for r in rows)
+    assert "turn_lists" in rows[-1] and "simulator_replies" in rows[-1]

@@ -106,8 +106,8 @@ def test_token_advantages_group_normalised_per_turn(world):
 def _trainer(world, out, steps, seed=0):
     model, tokenizer = load_model(world["model_dir"])
     cfg = RLConfig(output_dir=str(out), steps=steps, episodes_per_step=2, group_size=4, max_turns=2,
-                   max_new_tokens=80, max_prompt_tokens=400, lr=1e-3, temperature=0.7, micro_batch=4, save_every=1, seed=seed,
-                   progress=False, device="cpu")
+                   max_new_tokens=80, max_prompt_tokens=400, lr=1e-3, temperature=0.7, micro_batch=4, save_every=1,
+                   seed=seed, progress=False, device="cpu")
     return GRPOTrainer(model, tokenizer, world["turns"], popular_candidates(world["catalog"]), ScriptedSimulator(),
                        world["catalog"], cfg, PromptConfig(num_candidates=5), RewardConfig())
 
@@ -121,10 +121,8 @@ def test_one_rl_step_changes_policy_and_logs_finite_values(world, tmp_path):
     for key in ("reward/format", "reward/recommendation", "reward/preference", "reward/total", "kl", "clip_frac",
                 "entropy", "response_length", "time/rollout", "time/simulator", "time/logprob", "time/update"):
         assert key in record and math.isfinite(record[key]), key
-    assert record["entropy"] > 0 and record["response_length"] > 0
+    assert record["entropy"] > 0 and record["response_length"] > 0 and record["reward/format"] > 0
     changed = sum(not torch.equal(before[n], p.detach()) for n, p in trainer.model.named_parameters())
-    # An untrained model scores 0 on every answer -> zero advantages; the KL term still moves the weights only
-    # after the first epoch, so require the optimizer to have moved at least one tensor.
     assert changed > 0
     assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "curves.png").exists()
     assert (tmp_path / "run" / "final" / "config.json").exists()

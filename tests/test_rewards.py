@@ -11,7 +11,8 @@ CANDS = [f"id{k}" for k in range(1, 21)]  # number k is CANDS[k - 1]
 
 
 def test_parse_well_formed():
-    text = "Preferences: genre: comedy\nMatches: [3] genre:comedy\nRanking: [3] fits.\nTop-10: 3, 1, 2, 4, 5, 6, 7, 8, 9, 10"
+    text = ("Preferences: comedy\nMatches: [3] comedy\nRanking: [3] fits.\n"
+            "Top-10: 3, 1, 2, 4, 5, 6, 7, 8, 9, 10")
     p = parse_answer(text, CANDS)
     assert p.found and p.ranked == [3, 1, 2, 4, 5, 6, 7, 8, 9, 10]
     assert p.ranked_ids[:2] == ["id3", "id1"] and p.invalid == 0 and p.repeats == 0

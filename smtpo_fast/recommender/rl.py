@@ -56,6 +56,8 @@ class RLConfig:
     """Turns per episode (1: the single-turn ablation)."""
     max_new_tokens: int = 96
     """Longest answer."""
+    rollout_batch_size: int = 16
+    """Sequences (prompts x group_size) per generate call."""
     max_prompt_tokens: int = 768
     """Prompts are cut from the left (oldest dialogue first) to this many tokens."""
     temperature: float = 1.0
@@ -269,8 +271,8 @@ class GRPOTrainer:
     # -- one step ------------------------------------------------------------------------------------------------
     def sample(self, prompts, group_size):
         return generate_answers(self.model, self.tokenizer, prompts, group_size, self.config.max_new_tokens,
-                                self.config.temperature, self.config.top_p,
-                                max_prompt_tokens=self.config.max_prompt_tokens)
+                                self.config.temperature, self.config.top_p, self.config.rollout_batch_size,
+                                self.config.max_prompt_tokens)
 
     def train_step(self) -> dict:
         cfg = self.config
