@@ -47,7 +47,7 @@ class EvalConfig:
     """Turns per interactive conversation."""
     simulator_max_new_tokens: int = 48
     """Longest simulator reply."""
-    recommender_max_new_tokens: int = 96
+    recommender_max_new_tokens: int = 112
     """Longest recommender answer."""
     transfer_file: str = ""
     """A second test file (e.g. inspired/dev.tsv, relative to data_dir unless absolute) evaluated statically with
@@ -87,14 +87,15 @@ class PipelineConfig:
     # steps, and a sample of the test turns. configs/redial.yaml sets the full sizes.
     simulator_sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=150, batch_size=8, lr=3e-3,
                                                                         warmup_steps=10, max_length=384))
+    # Reasoning answers are ~80-100 tokens with the tiny tokenizer and prompts ~450: the caps leave room for both.
     recommender_sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=250, batch_size=8, lr=3e-3,
-                                                                          warmup_steps=10, max_length=512))
+                                                                          warmup_steps=10, max_length=576))
     rl: RLConfig = field(default_factory=lambda: RLConfig(steps=12, episodes_per_step=4, group_size=4, lr=2e-4,
-                                                          max_new_tokens=72, max_prompt_tokens=448, save_every=2))
+                                                          max_new_tokens=112, max_prompt_tokens=480, save_every=2))
     rewards: RewardConfig = field(default_factory=RewardConfig)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(num_candidates=10))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_static_turns=100, max_interactive=40,
-                                                                recommender_max_new_tokens=72))
+                                                                recommender_max_new_tokens=112))
 
 
 SECTIONS = {"synth", "tiny", "retriever", "simulator_sft", "recommender_sft", "rl", "rewards", "prompt", "eval"}
@@ -475,7 +476,8 @@ def _eval_command(args) -> int:
     else:
         folder = Path(args.model) if args.model else Path(args.run) / "rl" / "final"
         model, tokenizer = pipeline.load(folder, device=pipeline._device())
-        ranker = LLMRanker(model, tokenizer, catalog, retriever_ranker, config.prompt, name=folder.name)
+        ranker = LLMRanker(model, tokenizer, catalog, retriever_ranker, config.prompt,
+                           config.eval.recommender_max_new_tokens, name=folder.name)
     metrics, rows = static_eval(ranker, turns, progress=True)
     print(json.dumps({"static": metrics}, indent=1))
     out_rows = [dict(r, mode="static") for r in rows]

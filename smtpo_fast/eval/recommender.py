@@ -62,7 +62,7 @@ class LLMRanker:
     """An LLM recommender over the candidate ranker's top `prompt.num_candidates` (greedy decoding)."""
 
     def __init__(self, model, tokenizer, catalog, candidates, prompt: PromptConfig | None = None,
-                 max_new_tokens: int = 96, batch_size: int = 16, max_prompt_tokens: int = 768, name: str = "llm"):
+                 max_new_tokens: int = 112, batch_size: int = 16, max_prompt_tokens: int = 768, name: str = "llm"):
         self.model, self.tokenizer, self.catalog, self.candidates = model, tokenizer, catalog, candidates
         self.prompt = prompt or PromptConfig()
         self.max_new_tokens, self.batch_size, self.max_prompt_tokens = max_new_tokens, batch_size, max_prompt_tokens

@@ -54,8 +54,8 @@ class RLConfig:
     """Answers sampled per turn (the GRPO group)."""
     max_turns: int = 3
     """Turns per episode (1: the single-turn ablation)."""
-    max_new_tokens: int = 96
-    """Longest answer."""
+    max_new_tokens: int = 112
+    """Longest answer (reasoning answers are ~90 tokens with the tiny tokenizer)."""
     rollout_batch_size: int = 16
     """Sequences (prompts x group_size) per generate call."""
     max_prompt_tokens: int = 768
