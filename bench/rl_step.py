@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The installed package (with its CUDA module) wins; the source tree is the fallback for `PYTHONPATH`-less runs.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 from benchlib import machine_info, print_table, write_json  # noqa: E402
 
 PHASES = ("rollout", "simulator", "logprob", "update")
