@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "smtpo_fast.data.cli",
     "smtpo_fast.retriever.cli",
     "smtpo_fast.simulator.cli",
+    "smtpo_fast.pipeline",
 ]
 
 GROUP_HELP = {

@@ -1,0 +1,97 @@
+"""Sampling answers and scoring their tokens: the one place the rollout engine plugs in.
+
+`generate_answers` uses HF `generate` until the rollout engine (`smtpo_fast.rollout`) lands; swapping it in changes
+only this function. `sequence_logprobs` runs the policy over prompt + response and returns the response tokens'
+log-probs (fused `token_logprobs` op) and entropies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import token_logprobs
+from ..train.data import IGNORE_INDEX
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    """Generated tokens up to and including the end-of-turn token (when the model produced one)."""
+    text: str
+    """The response decoded without special tokens."""
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict], max_prompt_tokens: int) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_prompt_tokens:] if max_prompt_tokens > 0 else ids
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[list[dict]], num_samples: int = 1, max_new_tokens: int = 96,
+                     temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16,
+                     max_prompt_tokens: int = 896) -> list[list[Sample]]:
+    """`num_samples` answers per chat prompt (greedy when temperature is 0, then all samples are equal)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    encoded = [chat_prompt_ids(tokenizer, p, max_prompt_tokens) for p in prompts]
+    out: list[list[Sample]] = []
+    per_call = max(1, batch_size // max(1, num_samples))
+    for start in range(0, len(encoded), per_call):
+        chunk = encoded[start:start + per_call]
+        width = max(len(ids) for ids in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, ids in enumerate(chunk):  # left padding: generation continues every row at the same position
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention[row, width - len(ids):] = 1
+        sample = temperature > 0
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=num_samples,
+                      eos_token_id=eos, pad_token_id=pad)
+        kwargs.update(dict(temperature=temperature, top_p=top_p, top_k=0) if sample
+                      else dict(temperature=None, top_p=None, top_k=None))
+        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        new = generated[:, width:].tolist()
+        for row, ids in enumerate(chunk):
+            group = []
+            for response in new[row * num_samples:(row + 1) * num_samples]:
+                if eos in response:
+                    response = response[:response.index(eos) + 1]
+                response = [t for t in response if t != pad]
+                group.append(Sample(list(ids), response, tokenizer.decode(response, skip_special_tokens=True).strip()))
+            out.append(group)
+    model.train(was_training)
+    return out
+
+
+def pack_samples(samples: list[Sample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded `input_ids` [B, L] int64, `attention_mask` [B, L] int64 and `labels` [B, L] int64
+    (IGNORE_INDEX on prompt and padding) of prompt + response rows."""
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, s in enumerate(samples):
+        n_p, n_r = len(s.prompt_ids), len(s.response_ids)
+        ids[row, :n_p + n_r] = torch.tensor(s.prompt_ids + s.response_ids)
+        mask[row, :n_p + n_r] = 1
+        labels[row, n_p:n_p + n_r] = torch.tensor(s.response_ids, dtype=torch.long)
+    return ids, mask, labels
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                      with_entropy: bool = False):
+    """Log-probs of the response tokens under `model`: `logp` [B, L-1] float32 (0 off the response), the
+    response mask [B, L-1] bool and, with `with_entropy`, the entropy [B, L-1] float32 of each next-token
+    distribution. Position t scores token t + 1."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    shifted = labels[:, 1:]
+    mask = shifted != IGNORE_INDEX
+    if with_entropy:
+        logp, entropy = token_logprobs(logits[:, :-1], shifted, ignore_index=IGNORE_INDEX, return_entropy=True)
+        return logp, mask, entropy
+    return token_logprobs(logits[:, :-1], shifted, ignore_index=IGNORE_INDEX), mask, None
