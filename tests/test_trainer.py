@@ -151,10 +151,11 @@ def test_ctrl_c_saves_and_exits_cleanly(model_dir, tmp_path):
         return real_batch(k)
 
     trainer.plan.batch = batch_with_interrupt
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
     result = trainer.train()
     assert result.interrupted and result.steps == 3  # the step in flight completes, then it saves and returns
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-0000003"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the trainer's handler is removed again
 
 
 def test_config_from_yaml_and_cli(tmp_path):
