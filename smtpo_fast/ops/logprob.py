@@ -66,9 +66,9 @@ def _grad_strides(grad: torch.Tensor):
 
 
 def _triton_block(V: int, elem_size: int) -> tuple[int, int]:
-    """(BLOCK, num_warps): wide slices for 2-byte logits, so each slice's max reduction and barrier is amortised
-    over more bytes in flight (measured on an H100: 8192 gave 63% of copy bandwidth for bf16 at V=151936)."""
-    cap = 16384 if elem_size <= 2 else 4096
+    """(BLOCK, num_warps): wider slices for 2-byte logits, so each slice's max reduction is amortised over more
+    bytes. On an H100 at V=151936 bf16, 8192 reached 63% of copy bandwidth and 16384 only 55% (bench/RESULTS.md)."""
+    cap = 8192 if elem_size <= 2 else 4096
     block = min(cap, triton_next_pow2(V))
     return block, (16 if block >= 8192 else 8 if block >= 2048 else 4)
 
