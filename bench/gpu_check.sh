@@ -47,7 +47,7 @@ timeout 60 python3 "$repo/bench/advantages.py" --device cuda --quick --out "$out
 echo "bench advantages rc=$?" | tee -a "$out/summary.txt"
 sed -n '/^op /,$p' "$out/logs/bench_advantages.log" | tee -a "$out/summary.txt"
 
-timeout 80 python3 "$repo/bench/rollout.py" --device cuda --quick --out "$out/rollout.json" > "$out/logs/bench_rollout.log" 2>&1
+timeout 80 python3 "$repo/bench/rollout.py" --device cuda --quick --no-static --out "$out/rollout.json" > "$out/logs/bench_rollout.log" 2>&1
 echo "bench rollout rc=$?" | tee -a "$out/summary.txt"
 tail -25 "$out/logs/bench_rollout.log" | tee -a "$out/summary.txt"
 
