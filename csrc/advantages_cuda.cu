@@ -13,18 +13,12 @@
 
 #include <string>
 
+#include "cuda_common.cuh"
 #include "advantages_cuda.h"
 #include "advantages_math.h"
 
 namespace smtpo {
 namespace {
-
-#define SMTPO_CUDA_CHECK(expr)                                                                        \
-  do {                                                                                                \
-    cudaError_t err__ = (expr);                                                                       \
-    if (err__ != cudaSuccess)                                                                         \
-      throw std::runtime_error(std::string("CUDA error in " #expr ": ") + cudaGetErrorString(err__)); \
-  } while (0)
 
 constexpr int kScanThreads = 256;
 constexpr int kItems = 8;

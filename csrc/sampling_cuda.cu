@@ -13,24 +13,11 @@
 #include <cmath>
 #include <string>
 
+#include "cuda_common.cuh"
 #include "sampling_cuda.h"
 
 namespace smtpo {
 namespace {
-
-#define SMTPO_CUDA_CHECK(expr)                                                                     \
-  do {                                                                                             \
-    cudaError_t err__ = (expr);                                                                    \
-    if (err__ != cudaSuccess)                                                                      \
-      throw std::runtime_error(std::string("CUDA error in " #expr ": ") + cudaGetErrorString(err__)); \
-  } while (0)
-
-template <typename T> struct Ld;
-template <> struct Ld<float> { static __device__ __forceinline__ float f(float v) { return v; } };
-template <> struct Ld<__nv_bfloat16> {
-  static __device__ __forceinline__ float f(__nv_bfloat16 v) { return __bfloat162float(v); }
-};
-template <> struct Ld<__half> { static __device__ __forceinline__ float f(__half v) { return __half2float(v); } };
 
 constexpr int kThreads = 1024;
 
@@ -62,7 +49,7 @@ __global__ void sample_kernel(SampleArgs a) {
   __shared__ float fs[32];
   __shared__ int is[32];
   __shared__ long long ls[32];
-  auto X = [&](int64_t i) { return Ld<T>::f(row[i]) * a.inv_temp; };
+  auto X = [&](int64_t i) { return Cvt<T>::load(row[i]) * a.inv_temp; };
 
   float m = -INFINITY;
   int kmin = 0x7FFFFFFF;
