@@ -1,4 +1,4 @@
-"""SFT step throughput of the shared trainer's loss (fused `token_logprobs` on the shifted logits) against the
+"""SFT step throughput of the shared trainer's loss (fused LM-head log-probs, `linear_token_logprobs`) against the
 usual HF loss (float32 logits -> `F.cross_entropy`), on the same randomly initialised Llama, measured in one run.
 
 Shapes: `--model tiny` (the tiny preset: width 128, 4 layers, vocab 4096; CPU default) or `smollm2` (SmolLM2-135M's
@@ -78,7 +78,7 @@ def main():
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 
     rows = []
-    for name, loss_fn in (("HF float32 logits + cross_entropy", hf_loss), ("fused token_logprobs (trainer)", fused_loss)):
+    for name, loss_fn in (("HF float32 logits + cross_entropy", hf_loss), ("fused LM-head log-probs (trainer)", fused_loss)):
         def step():
             loss = loss_fn(model, ids, mask, labels, autocast)
             loss.backward()
@@ -97,7 +97,7 @@ def main():
         r["memory_ratio"] = r["peak_mib"] / base["peak_mib"] if r["peak_mib"] is not None and base["peak_mib"] else None
     from smtpo_fast import _ext
 
-    fused_backend = _ext.select("token_logprobs", device)
+    fused_backend = _ext.select("linear_token_logprobs", device)
     print(f"SFT step, fused backend {fused_backend}, {shape} shape ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
           f"{batch}x{seq} tokens, device {device}{' bf16 autocast' if cuda else ''}, {torch.get_num_threads()} threads")
     benchlib.print_table(rows, [("variant", "variant", ""), ("ms", "ms/step", "{:.1f}"), ("tok_s", "tokens/s", "{:,.0f}"),

@@ -2,7 +2,7 @@
 
 `generate_answers` uses HF `generate` until the rollout engine (`smtpo_fast.rollout`) lands; swapping it in changes
 only this function. `sequence_logprobs` runs the policy over prompt + response and returns the response tokens'
-log-probs (fused `token_logprobs` op) and entropies."""
+log-probs and entropies straight from the LM head (`linear_token_logprobs`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops import token_logprobs
+from ..integrations import causal_lm_token_logprobs
 from ..train.data import IGNORE_INDEX
 
 
@@ -88,10 +88,11 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Log-probs of the response tokens under `model`: `logp` [B, L-1] float32 (0 off the response), the
     response mask [B, L-1] bool and, with `with_entropy`, the entropy [B, L-1] float32 of each next-token
     distribution. Position t scores token t + 1."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    shifted = labels[:, 1:]
-    mask = shifted != IGNORE_INDEX
+    # Straight from the LM head (linear_token_logprobs), on the response positions only: no [B, L, V] logits.
+    mask = labels[:, 1:] != IGNORE_INDEX
+    out = causal_lm_token_logprobs(model, input_ids, attention_mask, labels=labels, ignore_index=IGNORE_INDEX,
+                                   return_entropy=with_entropy)
     if with_entropy:
-        logp, entropy = token_logprobs(logits[:, :-1], shifted, ignore_index=IGNORE_INDEX, return_entropy=True)
+        logp, entropy = out
         return logp, mask, entropy
-    return token_logprobs(logits[:, :-1], shifted, ignore_index=IGNORE_INDEX), mask, None
+    return out, mask, None

@@ -1,9 +1,10 @@
 """The thin SFT loop shared by the simulator and the recommender.
 
-Loss: mean negative log-likelihood of response tokens, computed with the fused `token_logprobs` op on the shifted
-logits (no [B, T, V] log-softmax copy). One optimizer step = `grad_accum` micro-batches, normalised by the step's
-total response tokens. The data position is the global micro-batch index, and the RNG state is captured at every
-step boundary, so stop + resume reproduces an uninterrupted run's loss trajectory exactly."""
+Loss: mean negative log-likelihood of response tokens, computed from the final hidden states with the fused LM-head
+op `linear_token_logprobs` (through `smtpo_fast.integrations.causal_lm_token_logprobs`; no [B, T, V] logits).
+One optimizer step = `grad_accum` micro-batches, normalised by the step's total response tokens. The data
+position is the global micro-batch index, and the RNG state is captured at every step boundary, so stop + resume
+reproduces an uninterrupted run's loss trajectory exactly."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..ops import token_logprobs
+from ..integrations import causal_lm_token_logprobs
 from .checkpoint import capture_rng, is_peft, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from .config import SFTConfig
 from .data import IGNORE_INDEX, BatchPlan, collate, tokenize_example
@@ -53,8 +54,10 @@ class TrainResult:
 def sequence_loss(model, batch, autocast) -> tuple[torch.Tensor, int]:
     """Summed response-token NLL of a batch (float32 scalar) and its token count."""
     with autocast:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logp = token_logprobs(logits[:, :-1], batch.labels[:, 1:], ignore_index=IGNORE_INDEX)
+        # From the final hidden states and the LM head weight (linear_token_logprobs), on response positions only:
+        # the [B, T, V] logits are never built.
+        logp = causal_lm_token_logprobs(model, batch.input_ids, batch.attention_mask, labels=batch.labels,
+                                        ignore_index=IGNORE_INDEX)
     return -logp.sum(), batch.num_response_tokens
 
 
