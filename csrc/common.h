@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace smtpo {
 
@@ -24,6 +25,18 @@ inline const char* dtype_name(int code) {
 
 inline void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
+}
+
+// Calls f(std::integral_constant<int, code>{}) for a float32 / bfloat16 / float16 code (0 / 1 / 2), so one generic
+// lambda instantiates a kernel per element type; `arg` names the tensor in the error for any other dtype.
+template <typename F>
+inline void dispatch_float_dtype(int dtype, const char* arg, F&& f) {
+  switch (dtype) {
+    case kFloat32: f(std::integral_constant<int, 0>{}); break;
+    case kBFloat16: f(std::integral_constant<int, 1>{}); break;
+    case kFloat16: f(std::integral_constant<int, 2>{}); break;
+    default: throw std::invalid_argument(std::string(arg) + ": unsupported dtype " + dtype_name(dtype));
+  }
 }
 
 // Rows of logits laid out as [B, T, V] with element strides (sB, sT) and unit stride along V; [N, V] is B = 1.

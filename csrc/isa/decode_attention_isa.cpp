@@ -121,12 +121,7 @@ static void attn_dispatch_d(const DecodeAttnArgs& a) {
 }  // namespace
 
 void decode_attention(const DecodeAttnArgs& a) {
-  switch (a.dtype) {
-    case kFloat32: attn_dispatch_d<0>(a); break;
-    case kBFloat16: attn_dispatch_d<1>(a); break;
-    case kFloat16: attn_dispatch_d<2>(a); break;
-    default: throw std::invalid_argument(std::string("q: unsupported dtype ") + dtype_name(a.dtype));
-  }
+  dispatch_float_dtype(a.dtype, "q", [&](auto dt) { attn_dispatch_d<decltype(dt)::value>(a); });
 }
 
 }  // namespace SMTPO_ISA

@@ -151,21 +151,11 @@ static void bwd_impl(const LogprobBwdArgs& a) {
 }  // namespace
 
 void logprob_fwd(const LogprobFwdArgs& a) {
-  switch (a.dtype) {
-    case kFloat32: fwd_impl<0>(a); break;
-    case kBFloat16: fwd_impl<1>(a); break;
-    case kFloat16: fwd_impl<2>(a); break;
-    default: throw std::invalid_argument(std::string("logits: unsupported dtype ") + dtype_name(a.dtype));
-  }
+  dispatch_float_dtype(a.dtype, "logits", [&](auto dt) { fwd_impl<decltype(dt)::value>(a); });
 }
 
 void logprob_bwd(const LogprobBwdArgs& a) {
-  switch (a.dtype) {
-    case kFloat32: bwd_impl<0>(a); break;
-    case kBFloat16: bwd_impl<1>(a); break;
-    case kFloat16: bwd_impl<2>(a); break;
-    default: throw std::invalid_argument(std::string("logits: unsupported dtype ") + dtype_name(a.dtype));
-  }
+  dispatch_float_dtype(a.dtype, "logits", [&](auto dt) { bwd_impl<decltype(dt)::value>(a); });
 }
 
 }  // namespace SMTPO_ISA

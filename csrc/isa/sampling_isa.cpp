@@ -131,12 +131,7 @@ static void sample_impl(const SampleArgs& a) {
 }  // namespace
 
 void sample(const SampleArgs& a) {
-  switch (a.dtype) {
-    case kFloat32: sample_impl<0>(a); break;
-    case kBFloat16: sample_impl<1>(a); break;
-    case kFloat16: sample_impl<2>(a); break;
-    default: throw std::invalid_argument(std::string("logits: unsupported dtype ") + dtype_name(a.dtype));
-  }
+  dispatch_float_dtype(a.dtype, "logits", [&](auto dt) { sample_impl<decltype(dt)::value>(a); });
 }
 
 }  // namespace SMTPO_ISA
