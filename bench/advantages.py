@@ -18,42 +18,20 @@ import json
 import os
 import platform
 import random
-import statistics
-import time
+import sys
 from collections import defaultdict
 
 import torch
 
 from smtpo_fast import ops
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------------------------------------------
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
 
 
 def time_fn(fn, device, reps, warmup=1):
-    """Median seconds per call (CUDA: device events around the call)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds per call (CUDA: device events around the call); see bench/benchlib.py."""
+    return benchlib.time_fn(fn, device, reps=reps, warmup=warmup)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -87,8 +87,17 @@ def available(name: str, device: torch.device) -> bool:
 
 # torch.compile evaluates the choice once while tracing and keeps the name as a constant in the graph.
 @torch.compiler.assume_constant_result
-def select(op: str, device: torch.device, backend: str | None = None) -> str:
-    """The backend one call of ``op`` runs on: ``backend`` if given, else ``$SMTPO_BACKEND``, else the fastest."""
+def select(op: str, device: torch.device, backend: str | None = None, dtype: torch.dtype | None = None,
+           arg: str = "input") -> str:
+    """The backend one call of ``op`` runs on: ``backend`` if given, else ``$SMTPO_BACKEND``, else the fastest.
+
+    The kernels take float32 / bfloat16 / float16; a float64 ``dtype`` (of the tensor named ``arg``) runs the torch
+    reference, and asking for another backend by argument for it is a TypeError.
+    """
+    if dtype == torch.float64:
+        if backend is not None and backend != "torch":
+            raise TypeError(f"{arg}: float64 runs only on the torch backend, not {backend!r}")
+        return "torch"
     forced = backend or os.environ.get("SMTPO_BACKEND") or None
     if forced is not None:
         if forced not in BACKENDS:

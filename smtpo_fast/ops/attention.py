@@ -210,11 +210,7 @@ def decode_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite number, got {scale!r}")
-    name = _ext.select("decode_attention", q.device, backend)
-    if q.dtype == torch.float64 and name != "torch":
-        if backend is not None:
-            raise TypeError(f"q: float64 runs only on the torch backend, not {name!r}")
-        name = "torch"
+    name = _ext.select("decode_attention", q.device, backend, q.dtype, "q")
     return torch.ops.smtpo_fast.decode_attention(q, k_cache, v_cache, lengths, cache_rows, scale, name)
 
 

@@ -377,8 +377,8 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------
 # Public op
 # ----------------------------------------------------------------------------------------------------------------
-def _select_backend(device: torch.device, backend: Optional[str]) -> str:
-    name = _ext.select("linear_token_logprobs", device, backend)
+def _select_backend(device: torch.device, backend: Optional[str], dtype: Optional[torch.dtype] = None) -> str:
+    name = _ext.select("linear_token_logprobs", device, backend, dtype, "hidden")
     # On CUDA the fused Triton forward beats chunked matmul + softmax kernel: it never writes logits.
     if backend is None and name == "cuda" and _ext.available("triton", device) and not _forced_by_env():
         return "triton"
@@ -480,11 +480,7 @@ def linear_token_logprobs(
     if hidden2.stride(-1) != 1:
         hidden2 = hidden2.contiguous()
     labels1 = labels.reshape(-1).contiguous()
-    name = _select_backend(hidden.device, backend)
-    if hidden.dtype == torch.float64 and name != "torch":
-        if backend is not None:
-            raise TypeError(f"hidden: float64 runs only on the torch backend, not {name!r}")
-        name = "torch"
+    name = _select_backend(hidden.device, backend, hidden.dtype)
     plan = _plan(
         hidden2.shape[0], V, hidden.element_size(), _tile_budget_bytes(hidden.device), chunk_size, vocab_chunk_size
     )

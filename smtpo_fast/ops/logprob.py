@@ -343,11 +343,7 @@ def token_logprobs(
             raise ValueError(
                 f"labels: values must be in [0, {V}) or equal ignore_index={ignore_index}; found {first}"
             )
-    name = _ext.select("token_logprobs", logits.device, backend)
-    if logits.dtype == torch.float64 and name != "torch":
-        if backend is not None:
-            raise TypeError(f"logits: float64 runs only on the torch backend, not {name!r}")
-        name = "torch"
+    name = _ext.select("token_logprobs", logits.device, backend, logits.dtype, "logits")
     logp, entropy, _ = TokenLogprobsFunction.apply(
         logits, labels, inv_temp, ignore_index, bool(return_entropy), bool(inplace_backward), name
     )

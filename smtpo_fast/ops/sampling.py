@@ -229,11 +229,7 @@ def sample_with_cutoff(
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     seed_t = _seed_tensor(seed, logits.device)
-    name = _ext.select("sample", logits.device, backend)
-    if logits.dtype == torch.float64 and name != "torch":
-        if backend is not None:
-            raise TypeError(f"logits: float64 runs only on the torch backend, not {name!r}")
-        name = "torch"
+    name = _ext.select("sample", logits.device, backend, logits.dtype, "logits")
     return torch.ops.smtpo_fast.sample(logits, seed_t, inv_temp, k, p, mp, name)
 
 
