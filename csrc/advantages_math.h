@@ -3,11 +3,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define SMTPO_HD __host__ __device__ __forceinline__
-#else
-#define SMTPO_HD inline
-#endif
+#include "common.h"
 
 namespace smtpo {
 

@@ -6,6 +6,13 @@
 #include <string>
 #include <type_traits>
 
+// Functions shared by host (CPU) and device (CUDA) code.
+#ifdef __CUDACC__
+#define SMTPO_HD __host__ __device__ __forceinline__
+#else
+#define SMTPO_HD inline
+#endif
+
 namespace smtpo {
 
 enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3, kInt64 = 4, kInt32 = 5, kBool = 6 };

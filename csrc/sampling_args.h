@@ -8,12 +8,6 @@
 #include "common.h"
 #include "cpu_isa.h"
 
-#ifdef __CUDACC__
-#define SMTPO_HD __host__ __device__ __forceinline__
-#else
-#define SMTPO_HD inline
-#endif
-
 namespace smtpo {
 
 // logits: [B, V] rows with element stride sB (unit along V). Outputs per row: the token (int64), its log-prob under
