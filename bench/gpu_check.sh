@@ -4,6 +4,12 @@
 # everything under an output folder. Whole script: at most about 9 minutes (each step has its own timeout).
 #
 #   bash bench/gpu_check.sh "$OUT"        # OUT defaults to bench/out/gpu
+#
+# Liger's kernels (the baseline of bench/linear_logprob.py and bench/logprob.py) are not in the GPU image; fetch the
+# wheel here and carry `.whl` with the call:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl liger-kernel==0.8.5
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-${OUT:-$repo/bench/out/gpu}}
@@ -24,6 +30,12 @@ SMTPO_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 90 python3 -m pip install -q
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
 [ $rc -eq 0 ] || { tail -40 "$out/logs/build.log"; exit 1; }
+# Optional baselines that the GPU image lacks travel as wheels in .whl/ (see bench/RESULTS.md: Liger).
+if ls "$repo"/.whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$repo"/.whl/*.whl > "$out/logs/wheels.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  echo "extra wheels: $(cd "$repo/.whl" && ls *.whl | tr '\n' ' ')" | tee -a "$out/summary.txt"
+fi
 # From a folder outside the source tree, so the installed package (with its CUDA module) is the one imported.
 cd /tmp
 python3 -c "import smtpo_fast, json; print(json.dumps(smtpo_fast.ops.backends()))" 2>&1 | tee -a "$out/summary.txt"
