@@ -5,7 +5,9 @@ One run measures, on the same inputs: torch eager (log_softmax(logits.float()).g
 selective_log_softmax, every smtpo backend usable here (plus the in-place-backward variant), and Liger's /
 flash-attn's Triton cross-entropy when installed (CUDA). For each: forward and forward+backward time, speed-up over
 torch eager, achieved bandwidth (bytes of logits read, + gradient written) and its fraction of this machine's
-copy bandwidth measured in the same run, and peak extra memory. Prints a table and writes JSON.
+copy bandwidth measured in the same run, peak extra memory of a cold call ("extra MB") and what the CPU
+gradient-buffer cache keeps resident for the next step afterwards ("held MB"; smtpo_cpu_nocache is the same op with
+that cache off). Prints a table and writes JSON.
 
     python bench/logprob.py                      # this machine's default sizes
     python bench/logprob.py --sizes 4096x49152 --dtypes float32,bfloat16 --out bench/out/logprob.json
@@ -15,6 +17,8 @@ copy bandwidth measured in the same run, and peak extra memory. Prints a table a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import sys
 
@@ -65,6 +69,21 @@ def third_party(device):
     return out
 
 
+@contextlib.contextmanager
+def grad_cache_off(off: bool):
+    old = os.environ.get("SMTPO_GRAD_CACHE")
+    if off:
+        os.environ["SMTPO_GRAD_CACHE"] = "0"
+    try:
+        yield
+    finally:
+        if off:
+            if old is None:
+                os.environ.pop("SMTPO_GRAD_CACHE", None)
+            else:
+                os.environ["SMTPO_GRAD_CACHE"] = old
+
+
 def variants(device):
     from smtpo_fast import _ext
     from smtpo_fast.ops import token_logprobs
@@ -74,6 +93,10 @@ def variants(device):
         if _ext.available(name, device):
             v[f"smtpo_{name}"] = (lambda b: lambda x, y: token_logprobs(x, y, backend=b))(name)
             v[f"smtpo_{name}_inplace"] = (lambda b: lambda x, y: token_logprobs(x, y, backend=b, inplace_backward=True))(name)
+    if "smtpo_cpu" in v:
+        # The default backward with the gradient-buffer cache off (run() sets SMTPO_GRAD_CACHE=0 around it): a fresh
+        # gradient tensor every step, as before the cache.
+        v["smtpo_cpu_nocache"] = v["smtpo_cpu"]
     v.update(third_party(device))
     return v
 
@@ -83,6 +106,7 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     copy_bw = benchlib.copy_bandwidth(device)
+    from smtpo_fast.ops import empty_grad_cache, grad_cache_info
     print(f"device {device} ({benchlib.machine_info(device).get('gpu') or benchlib._cpu_name()}), "
           f"threads {torch.get_num_threads()}, copy bandwidth {copy_bw / 1e9:.1f} GB/s (read + write)")
     rows = []
@@ -97,7 +121,7 @@ def run(args):
             base = {}
             for mode in args.modes:
                 for vname, fn in vs.items():
-                    if vname.endswith("_inplace") and mode == "fwd":
+                    if (vname.endswith("_inplace") or vname.endswith("_nocache")) and mode == "fwd":
                         continue
                     if vname == "trl_row_loop" and N * V > args.loop_limit:
                         continue
@@ -119,13 +143,22 @@ def run(args):
                             torch.autograd.grad(fn(holder["x"], labels).sum(), holder["x"])
                         moved = 3 * nbytes  # read for forward, read again + write the gradient in backward
                     try:
-                        t = benchlib.time_fn(call, device, reps=args.reps, warmup=1, setup=setup)
-                        if setup:
-                            setup()
-                        with benchlib.peak_extra_memory(device) as mem:
-                            call()
-                        if setup:
-                            holder.clear()
+                        with grad_cache_off(vname.endswith("_nocache")):
+                            # Timed in a loop like a training step's: from the second call on, the CPU backward
+                            # recycles the gradient buffer the previous step freed (smtpo_fast/ops/_grad_cache.py).
+                            t = benchlib.time_fn(call, device, reps=args.reps, warmup=1, setup=setup)
+                            if setup:
+                                setup()
+                            # Extra memory of a cold call: the cache is emptied first, so a recycled gradient
+                            # buffer counts as the new memory it is on a first step.
+                            empty_grad_cache()
+                            with benchlib.peak_extra_memory(device) as mem:
+                                call()
+                            if setup:
+                                holder.clear()
+                            gc.collect()
+                            held = grad_cache_info()["idle_bytes"]  # what stays resident for the next step
+                            empty_grad_cache()
                     except (RuntimeError, torch.OutOfMemoryError) as exc:
                         print(f"  {vname} {mode} N={N} V={V} {dname}: failed ({str(exc).splitlines()[0][:80]})")
                         continue
@@ -135,18 +168,20 @@ def run(args):
                                speedup=(base[mode] / t) if mode in base else None,
                                gbps=moved / t / 1e9, frac_copy=moved / t / copy_bw,
                                extra_mb=(mem["bytes"] / 2**20) if mem["bytes"] is not None else None,
+                               held_mb=held / 2**20,
                                mem_method=mem["method"])
                     rows.append(row)
                     print(f"  {dname:9s} N={N:5d} V={V:6d} {mode:7s} {vname:22s} {t * 1e3:9.2f} ms"
                           f"  x{row['speedup'] or float('nan'):6.2f}  {row['gbps']:7.1f} GB/s"
-                          f"  extra {row['extra_mb'] if row['extra_mb'] is not None else float('nan'):8.1f} MB",
+                          f"  extra {row['extra_mb'] if row['extra_mb'] is not None else float('nan'):8.1f} MB"
+                          f"  held {held / 2**20:7.1f} MB",
                           flush=True)
             del logits, labels
     print()
     benchlib.print_table(rows, [
         ("dtype", "dtype", ""), ("N", "N", ""), ("V", "V", ""), ("mode", "mode", ""), ("variant", "variant", ""),
         ("ms", "ms", "{:.2f}"), ("speedup", "vs eager", "{:.2f}x"), ("gbps", "GB/s", "{:.1f}"),
-        ("frac_copy", "of copy BW", "{:.0%}"), ("extra_mb", "extra MB", "{:.1f}"),
+        ("frac_copy", "of copy BW", "{:.0%}"), ("extra_mb", "extra MB", "{:.1f}"), ("held_mb", "held MB", "{:.1f}"),
     ])
     benchlib.write_json(args.out, {"bench": "logprob", "machine": benchlib.machine_info(device),
                                    "copy_bandwidth_gbps": copy_bw / 1e9, "rows": rows, "args": vars(args)})

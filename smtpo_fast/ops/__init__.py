@@ -11,6 +11,7 @@ from .advantages import (
     turn_rewards_to_tokens,
 )
 from .attention import decode_attention, decode_attention_reference, kv_cache_append, kv_cache_append_reference
+from ._grad_cache import empty_grad_cache, grad_cache_info
 from .linear_logprob import linear_token_logprobs, linear_token_logprobs_reference
 from .logprob import token_logprobs, token_logprobs_reference
 from .policy_loss import kl_penalty, ppo_policy_loss
@@ -20,6 +21,8 @@ __all__ = [
     "backends",
     "token_logprobs",
     "token_logprobs_reference",
+    "empty_grad_cache",
+    "grad_cache_info",
     "linear_token_logprobs",
     "linear_token_logprobs_reference",
     "grpo_advantages",

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from .. import _ext
+from . import _grad_cache
 from ._checks import check_positive_float, check_same_device, check_tensor
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -235,7 +236,11 @@ def _token_logprobs_bwd(
     grad_logp: Optional[torch.Tensor], grad_entropy: Optional[torch.Tensor],
     inv_temp: float, ignore_index: int, backend: str,
 ) -> torch.Tensor:
-    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    if backend == "cpu":
+        # A recycled buffer when one is idle: a fresh [N, V] tensor would be written into new pages (see _grad_cache).
+        out = _grad_cache.empty(logits.shape, logits.dtype)
+    else:
+        out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _run_backward(logits, labels, lse, entropy, grad_logp, grad_entropy, inv_temp, ignore_index, backend, out)
     return out
 
@@ -315,6 +320,16 @@ def token_logprobs(
         inplace_backward: write the gradient into the logits' storage in backward (saves one ``[N, V]`` buffer;
             the logits hold the gradient afterwards, as with flash-attn's cross-entropy).
         backend: ``"torch" | "cpu" | "cuda" | "triton"``; default: the fastest usable one (``$SMTPO_BACKEND``).
+
+    CPU gradient buffers: with the CPU extension, the default (not in-place) backward takes its ``[..., V]``
+    gradient, when it is 4 MiB or more, from a small cache of recycled buffers instead of a fresh tensor, whose
+    pages the kernel would first have to fault in (at 4096 x 49152 float32 that costs three times the kernel). A
+    buffer is handed out again only once nothing references it: not the gradient, a view of it, a ``.grad`` that
+    holds it, nor its storage. At most ``$SMTPO_GRAD_CACHE_BLOCKS`` (default 2) buffers are kept, and the idle ones
+    stay resident between steps (about one gradient's worth of memory); sizes are rounded up (<= 12.5%) so nearby
+    shapes share a buffer. ``SMTPO_GRAD_CACHE=0`` turns the cache off, ``smtpo_fast.ops.empty_grad_cache()``
+    releases the idle buffers (like ``torch.cuda.empty_cache``), ``smtpo_fast.ops.grad_cache_info()`` reports
+    them. Such a gradient's storage cannot be resized (``resize_`` to a larger size raises).
 
     Returns:
         ``logp`` float32 of ``labels``' shape, or ``(logp, entropy)`` with ``return_entropy``.
