@@ -21,6 +21,8 @@ namespace SMTPO_ISA {
 namespace {
 
 constexpr int64_t kBlock = 64;
+template <typename T>
+constexpr int64_t kLineElems = 64 / sizeof(T);  // elements per 64-byte cache line
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // DC: the head dim when known at compile time (64, 128: the loops over it unroll into whole vectors), else 0.
@@ -57,6 +59,14 @@ static void attn_impl(const DecodeAttnArgs& a) {
         const int64_t n = L - s0 < kBlock ? L - s0 : kBlock;
         for (int64_t j = 0; j < n; ++j) {
           const T* kr = kb + (s0 + j) * a.ksS;
+          // The cache is cold (one pass per layer and step): ask for the next block's keys and this block's values
+          // now, or the loop waits on every cache line.
+          const T* kn = kr + kBlock * a.ksS;
+          const T* vn = vb + (s0 + j) * a.vsS;
+          for (int64_t off = 0; off < D; off += kLineElems<T>) {
+            if (s0 + j + kBlock < L) __builtin_prefetch(kn + off, 0, 3);
+            __builtin_prefetch(vn + off, 0, 3);
+          }
           for (int64_t g = 0; g < G; ++g) {
             const float* qg = qf.data() + g * D;
             float dot = 0.f;

@@ -112,8 +112,8 @@ class RolloutEngine:
         backend: ``"hf"`` (this engine) or ``"vllm"`` (vllm_backend.VllmRolloutEngine, same interface).
         attention_backend / sample_backend: force an op backend (default: fastest usable).
         cuda_graphs: capture decode steps in CUDA graphs per batch-size bucket (default: on for CUDA models).
-        cpu_packed_linear: decode matmuls with MKL-packed weights (cpu_linear.py; default: on for float32 CPU
-            models when MKL is there). Costs one extra copy of the weights per decode row count (at most 2 kept).
+        cpu_linear: decode matmuls through the native skinny linear kernel, weights read in place (cpu_linear.py;
+            default: on for float32 / bfloat16 CPU models when the native module is built).
         poll_every: decode steps between host checks (all rows stopped? stop strings?).
     """
 
@@ -128,7 +128,7 @@ class RolloutEngine:
 
     def __init__(self, model, tokenizer=None, *, max_batch: int, max_seq_len: int, dtype=None, backend: str = "hf",
                  attention_backend: str | None = None, sample_backend: str | None = None,
-                 cuda_graphs: bool | None = None, cpu_packed_linear: bool | None = None, poll_every: int = 8):
+                 cuda_graphs: bool | None = None, cpu_linear: bool | None = None, poll_every: int = 8):
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -177,14 +177,14 @@ class RolloutEngine:
             pad = eos[0] if isinstance(eos, (list, tuple)) else (eos if eos is not None else 0)
         self.pad_token_id = int(pad)
 
-        from .cpu_linear import PackedLinears, mkl_packing_available
+        from .cpu_linear import SKINNY_DTYPES, SkinnyLinears, skinny_available
 
-        packable = self.device.type == "cpu" and self.dtype == torch.float32 and mkl_packing_available()
-        if cpu_packed_linear is None:
-            cpu_packed_linear = packable
-        if cpu_packed_linear and not packable:
-            raise ValueError("cpu_packed_linear: needs a float32 model on the CPU and torch built with MKL")
-        self._packed = PackedLinears(model) if cpu_packed_linear else None
+        usable = self.device.type == "cpu" and self.dtype in SKINNY_DTYPES and skinny_available()
+        if cpu_linear is None:
+            cpu_linear = usable
+        if cpu_linear and not usable:
+            raise ValueError("cpu_linear: needs a float32 / bfloat16 model on the CPU and the native module built")
+        self._cpu_linears = SkinnyLinears(model) if cpu_linear else None
 
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda"
@@ -467,9 +467,8 @@ class RolloutEngine:
         hist_tok, hist_lp, hist_lp1, hist_active = [], [], [], []
         stop_at = [None] * n     # step at which a stop string ended (host), per row
         checked = 0              # steps already scanned for stop strings
-        # One row is a matrix-vector product, already bandwidth-bound in MKL: packing only pays from 2 rows.
-        packed = self._packed.active(n) if self._packed is not None and n >= 2 else contextlib.nullcontext()
-        with self._engine_attention(), packed:
+        linears = self._cpu_linears.active() if self._cpu_linears is not None else contextlib.nullcontext()
+        with self._engine_attention(), linears:
             tok, lp, lp1 = self._pick(conv.next_logits, sampling, st.seed)
             st.cur.copy_(tok)
             if eos is not None:
