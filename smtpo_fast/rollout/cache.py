@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..ops.attention import decode_attention
+from ..ops.attention import _forward_native, decode_attention
 
 ATTN_IMPLEMENTATION = "smtpo_rollout"
 
@@ -43,6 +43,7 @@ class StepPlan:
     lengths: torch.Tensor | None = None  # [B] int64 (decode)
     segments: list | None = None         # prefill: [(row, start, n, pos0)] as Python ints
     attention_backend: str | None = None
+    direct_cpu: bool = False             # decode on the CPU kernel: call it straight (see rollout_attention)
     _flat: torch.Tensor | None = None    # see flat_index
 
     def flat_index(self, num_heads: int, seq_len: int) -> torch.Tensor:
@@ -124,6 +125,12 @@ def rollout_attention(module, query, key, value, attention_mask, scaling=None, d
     if sliding is not None and sliding < key.shape[2]:
         raise NotImplementedError("rollout engine: sliding-window attention shorter than max_seq_len")
     if plan.segments is None:
+        q = query[:, :, 0]
+        if plan.direct_cpu and q.stride(-1) == 1:
+            # The engine's own buffers, shapes fixed at construction: the native kernel without the op's dispatch
+            # and argument checks (~40 us a layer, more than the kernel at short lengths).
+            scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+            return _forward_native(q, key, value, plan.lengths, scale, plan.rows, "cpu").unsqueeze(1), None
         out = decode_attention(query[:, :, 0], key, value, plan.lengths, scale=scaling, cache_rows=plan.rows,
                                backend=plan.attention_backend)
         return out.unsqueeze(1), None

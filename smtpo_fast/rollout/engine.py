@@ -163,6 +163,10 @@ class RolloutEngine:
         self.sample_backend = sample_backend
         self._logprob_backend = _ext.select("token_logprobs", self.device)
         self._attn_name = register_attention()
+        self._direct_cpu_attention = (
+            self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and _ext.select("decode_attention", self.device, attention_backend, self.dtype, "q") == "cpu"
+        )
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
         gen_cfg = getattr(model, "generation_config", None)
@@ -403,7 +407,7 @@ class RolloutEngine:
     def _decode_step(self, st: _DecodeState, sampling: SamplingConfig, eos: torch.Tensor | None) -> None:
         """One token for every row, in place on ``st`` (no host synchronisation; captured by graphs.py)."""
         plan = StepPlan(rows=st.rows, positions=st.pos, lengths=st.pos + 1,
-                        attention_backend=self.attention_backend)
+                        attention_backend=self.attention_backend, direct_cpu=self._direct_cpu_attention)
         logits = self._forward(st.cur[:, None], st.pos[:, None], plan)[:, -1]
         active = ~st.done
         st.pos.add_(active.long())  # ``cur`` is in the cache now, for rows still generating
