@@ -205,7 +205,8 @@ def test_bad_input_gives_clear_errors():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("M,N,K", [(1, 5, 7), (3, 37, 16), (8, 49, 33), (11, 64, 100), (16, 13, 64)])
+@pytest.mark.parametrize("M,N,K", [(1, 5, 7), (3, 37, 16), (8, 49, 33), (11, 64, 100), (16, 13, 64),
+                                   (8, 49, 64), (5, 100, 96), (16, 64, 128), (2, 33, 32)])  # last 4: AMX (bf16)
 def test_skinny_linear_matches_a_float64_product(dtype, M, N, K):
     from smtpo_fast.rollout.cpu_linear import skinny_available, skinny_linear
 

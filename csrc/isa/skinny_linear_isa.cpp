@@ -13,7 +13,10 @@
 #include "vec_math.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #define SMTPO_SKINNY_AVX512 1
 #endif
 
@@ -159,6 +162,79 @@ SMTPO_BF16_TARGET inline void bf16_block(const uint16_t* x, int64_t xs, const ui
 SMTPO_SKINNY_ROWS(rows_f32, float, 0, f32_block, )
 SMTPO_SKINNY_ROWS(rows_bf16, uint16_t, 1, bf16_block, SMTPO_BF16_TARGET)
 
+// bfloat16 with AMX (Sapphire Rapids and later): y^T = w x^T as tiles. A = 16 rows of w x 32 k (loaded in place,
+// row stride ws), B = x^T for those 32 k in the VNNI pair layout (built once per call, [K/2][M][2]), C = 16 x M
+// float32. Two row groups per step (two accumulators in flight), the next group's rows prefetched.
+#define SMTPO_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16")))
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+inline bool amx_ready() {
+  static const bool ok = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool tile = (edx >> 24) & 1u, bf16 = (edx >> 22) & 1u;
+    if (!tile || !bf16) return false;
+    // Linux hands out the AMX register state on request, once per process: ARCH_REQ_XCOMP_PERM (0x1023) for
+    // XFEATURE_XTILEDATA (18). Refused (old kernel, seccomp): the AVX512-BF16 path.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return ok;
+}
+
+SMTPO_AMX_TARGET void rows_amx(const SkinnyLinearArgs& a, const uint16_t* xb, int64_t n0, int64_t n1) {
+  const int M = static_cast<int>(a.M);
+  AmxTileConfig cfg{};
+  cfg.palette_id = 1;
+  for (int t = 0; t < 2; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(M * 4); }  // C
+  for (int t = 2; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }                            // A
+  cfg.rows[4] = 16;                                                                              // B
+  cfg.colsb[4] = static_cast<uint16_t>(M * 4);
+  _tile_loadconfig(&cfg);
+  const uint16_t* W = static_cast<const uint16_t*>(a.w);
+  const int64_t ws = a.ws, wsb = a.ws * 2, K = a.K;
+  alignas(64) float c[2][16][16];
+  int64_t n = n0;
+  for (; n + 32 <= n1; n += 32) {
+    _tile_zero(0);
+    _tile_zero(1);
+    const uint16_t* w0 = W + n * ws;
+    for (int64_t k = 0; k < K; k += 32) {
+      for (int j = 0; j < 32; ++j) _mm_prefetch(reinterpret_cast<const char*>(w0 + (32 + j) * ws + k), _MM_HINT_T0);
+      _tile_loadd(4, xb + k * M, M * 4);
+      _tile_loadd(2, w0 + k, wsb);
+      _tile_loadd(3, w0 + 16 * ws + k, wsb);
+      _tile_dpbf16ps(0, 2, 4);
+      _tile_dpbf16ps(1, 3, 4);
+    }
+    _tile_stored(0, c[0], 64);
+    _tile_stored(1, c[1], 64);
+    for (int g = 0; g < 2; ++g)
+      for (int i = 0; i < 16; ++i)
+        for (int m = 0; m < M; ++m) store_out<1>(a, m, n + 16 * g + i, c[g][i][m]);
+  }
+  for (; n + 16 <= n1; n += 16) {
+    _tile_zero(0);
+    const uint16_t* w0 = W + n * ws;
+    for (int64_t k = 0; k < K; k += 32) {
+      _tile_loadd(4, xb + k * M, M * 4);
+      _tile_loadd(2, w0 + k, wsb);
+      _tile_dpbf16ps(0, 2, 4);
+    }
+    _tile_stored(0, c[0], 64);
+    for (int i = 0; i < 16; ++i)
+      for (int m = 0; m < M; ++m) store_out<1>(a, m, n + i, c[0][i][m]);
+  }
+  _tile_release();
+  if (n < n1) rows_bf16(a, n, n1);
+}
+
 inline bool has_avx512_bf16() {
   static const bool ok = [] {
     __builtin_cpu_init();
@@ -192,6 +268,19 @@ void skinny_linear(const SkinnyLinearArgs& a) {
 #ifdef SMTPO_SKINNY_AVX512
   if (a.dtype == kFloat32) {
     parallel_rows(a, [&](int64_t n0, int64_t n1) { rows_f32(a, n0, n1); });
+    return;
+  }
+  if (a.dtype == kBFloat16 && a.M >= 2 && a.M <= 16 && a.K % 32 == 0 && a.N >= 16 && has_avx512_bf16() &&
+      amx_ready()) {
+    // x^T in VNNI pairs: xb[(k / 2) * M + m] holds x[m, k], x[m, k + 1].
+    std::vector<uint16_t> xb(static_cast<size_t>(a.K * a.M));
+    const uint16_t* X = static_cast<const uint16_t*>(a.x);
+    for (int64_t r = 0; r < a.K / 2; ++r)
+      for (int64_t m = 0; m < a.M; ++m) {
+        xb[(r * a.M + m) * 2] = X[m * a.xs + 2 * r];
+        xb[(r * a.M + m) * 2 + 1] = X[m * a.xs + 2 * r + 1];
+      }
+    parallel_rows(a, [&](int64_t n0, int64_t n1) { rows_amx(a, xb.data(), n0, n1); });
     return;
   }
   if (a.dtype == kBFloat16 && has_avx512_bf16()) {
