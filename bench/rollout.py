@@ -82,7 +82,7 @@ def hf_generate(model, ids, new_tokens, cache, do_sample=False):
         return model.generate(ids, **kw)
 
 
-def bench_decode(model, device, batches, prompt_len, new_tokens, max_batch, with_static):
+def bench_decode(model, device, batches, prompt_len, new_tokens, max_batch, with_static, repeat=1):
     rows = []
     vocab = model.config.vocab_size
     engine = RolloutEngine(model, max_batch=max_batch, max_seq_len=prompt_len + new_tokens + 8)
@@ -95,19 +95,29 @@ def bench_decode(model, device, batches, prompt_len, new_tokens, max_batch, with
         engine.generate(conv, max_new_tokens=4, eos_token_id=[])
         engine.release(conv)
 
-        # Prefill alone, to split end-to-end time into prefill and decode.
-        t_hf_pref, _ = timed(lambda: hf_generate(model, ids, 1, "dynamic"), device)
-        t_hf, out_hf = timed(lambda: hf_generate(model, ids, new_tokens, "dynamic"), device)
-        res = {"batch": B, "hf_dynamic_s": t_hf, "hf_prefill_s": t_hf_pref}
+        # Prefill alone, to split end-to-end time into prefill and decode. With repeat > 1 the HF and engine runs
+        # alternate and each time is the best of its runs (a shared machine only ever adds time).
+        times = {}
         if with_static:
             hf_generate(model, ids[:, :16], 2, "static")
-            t_st, _ = timed(lambda: hf_generate(model, ids, new_tokens, "static"), device)
-            res["hf_static_s"] = t_st
-        t_pref, conv = timed(lambda: engine.start(ids), device)
-        t_dec, out = timed(lambda: engine.generate(conv, max_new_tokens=new_tokens, eos_token_id=[]), device)
-        engine.release(conv)
-        res.update(engine_prefill_s=t_pref, engine_decode_s=t_dec, engine_s=t_pref + t_dec,
-                   cuda_graphs=bool(engine._graphs is not None and engine._graphs.enabled))
+        for _ in range(repeat):
+            def keep(name, t):
+                times[name] = min(times.get(name, float("inf")), t)
+
+            keep("hf_prefill_s", timed(lambda: hf_generate(model, ids, 1, "dynamic"), device)[0])
+            t_hf, out_hf = timed(lambda: hf_generate(model, ids, new_tokens, "dynamic"), device)
+            keep("hf_dynamic_s", t_hf)
+            if with_static:
+                keep("hf_static_s", timed(lambda: hf_generate(model, ids, new_tokens, "static"), device)[0])
+            t_pref, conv = timed(lambda: engine.start(ids), device)
+            t_dec, out = timed(lambda: engine.generate(conv, max_new_tokens=new_tokens, eos_token_id=[]), device)
+            engine.release(conv)
+            keep("engine_prefill_s", t_pref)
+            keep("engine_decode_s", t_dec)
+        t_hf, t_hf_pref = times["hf_dynamic_s"], times["hf_prefill_s"]
+        t_pref, t_dec = times["engine_prefill_s"], times["engine_decode_s"]
+        res = {"batch": B, **times, "repeat": repeat}
+        res.update(engine_s=t_pref + t_dec, cuda_graphs=bool(engine._graphs is not None and engine._graphs.enabled))
         same = torch.equal(out.tokens.cpu(), out_hf[:, prompt_len:].cpu())
         agree = (out.tokens.cpu() == out_hf[:, prompt_len:].cpu()).float().mean().item()
         ntok = B * new_tokens
@@ -128,7 +138,7 @@ def bench_decode(model, device, batches, prompt_len, new_tokens, max_batch, with
     return rows
 
 
-def bench_episode(model, device, G, prompt_len, turns, user_len, answer_len):
+def bench_episode(model, device, G, prompt_len, turns, user_len, answer_len, repeat=1):
     """G sampled answers per turn sharing one prompt; (turns - 1) simulated user replies in between."""
     vocab = model.config.vocab_size
     torch.manual_seed(123)
@@ -160,8 +170,12 @@ def bench_episode(model, device, G, prompt_len, turns, user_len, answer_len):
 
     if device.type == "cuda":
         run_engine()  # captures the CUDA graph of this batch bucket outside the timing
-    t_eng, n_eng = timed(run_engine, device)
-    t_hf, n_hf = timed(run_hf, device)
+    t_eng = t_hf = float("inf")
+    for _ in range(repeat):
+        t, n_eng = timed(run_engine, device)
+        t_eng = min(t_eng, t)
+        t, n_hf = timed(run_hf, device)
+        t_hf = min(t_hf, t)
     return {"G": G, "prompt": prompt_len, "turns": turns, "user_tokens": user_len, "answer_tokens": answer_len,
             "final_length_engine": n_eng + 1, "final_length_hf": n_hf, "engine_s": t_eng, "hf_generate_s": t_hf,
             "speedup": t_hf / t_eng}
@@ -173,8 +187,9 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="CUDA: the issue's sizes (batch 1/8/32, prompt 256, 128 new tokens, the 5-turn episode; "
                          "<= 60 s on an H100); CPU: batch 8, 32 new tokens, a 2-turn episode (a smoke run)")
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="default: float32 on CPU, bfloat16 on CUDA")
+    ap.add_argument("--dtype", default=None,
+                    help="float32 | bfloat16 | float16, or several comma-separated (one full run each, HF and the "
+                         "engine in the same dtype); default: float32 on CPU, bfloat16 on CUDA")
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -185,6 +200,8 @@ def main():
     ap.add_argument("--episode-user", type=int, default=40)
     ap.add_argument("--episode-answer", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each decode measurement, HF and engine alternating; the best of each is kept")
     ap.add_argument("--clock", default="wall", choices=["wall", "process"],
                     help="process: CPU time of this process (with --threads 1, robust on a CPU shared with other "
                          "jobs: time spent waiting for a core is not counted; memory stalls are)")
@@ -196,7 +213,10 @@ def main():
         sys.exit("--device cuda: no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    dtype_names = (args.dtype or ("bfloat16" if device.type == "cuda" else "float32")).split(",")
+    for name in dtype_names:
+        if name not in ("float32", "bfloat16", "float16"):
+            sys.exit(f"--dtype: expected float32, bfloat16 or float16, got {name!r}")
     global CLOCK
     if args.clock == "process":
         if device.type != "cpu":
@@ -206,6 +226,15 @@ def main():
         args.batches, args.new_tokens, args.no_static, args.episode_turns = "8", 32, True, 2
     batches = [int(b) for b in args.batches.split(",")]
 
+    runs = [run_dtype(args, device, getattr(torch, name), batches) for name in dtype_names]
+    result = runs[0] if len(runs) == 1 else {"runs": runs}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.out}")
+
+
+def run_dtype(args, device, dtype, batches):
     model = build_model(device, dtype)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bw = read_bandwidth(device)
@@ -218,7 +247,8 @@ def main():
               "weight_bytes": weight_bytes, "read_bandwidth_Bps": bw, "floor_ms": floor_ms,
               "prompt": args.prompt, "new_tokens": args.new_tokens}
     t0 = time.perf_counter()
-    rows = bench_decode(model, device, batches, args.prompt, args.new_tokens, max(batches), not args.no_static)
+    rows = bench_decode(model, device, batches, args.prompt, args.new_tokens, max(batches), not args.no_static,
+                        args.repeat)
     result["decode"] = rows
     print()
     hdr = (f"{'batch':>5} {'HF dyn tok/s':>12} {'HF static tok/s':>15} {'engine tok/s':>12} {'x HF dyn':>8} "
@@ -235,16 +265,13 @@ def main():
               f"{'yes' if r['greedy_identical'] else 'no (%.3f)' % r['greedy_token_agreement']:>11}")
     if not args.no_episode:
         ep = bench_episode(model, device, args.episode_G, args.prompt, args.episode_turns, args.episode_user,
-                           args.episode_answer)
+                           args.episode_answer, args.repeat)
         result["episode"] = ep
         print(f"\nmulti-turn episode (G={ep['G']}, prompt {ep['prompt']}, {ep['turns']} turns, user "
               f"{ep['user_tokens']} / answer {ep['answer_tokens']} tokens): HF generate {ep['hf_generate_s']:.2f} s, "
               f"engine fork+extend {ep['engine_s']:.2f} s -> {ep['speedup']:.2f}x")
     result["wall_s"] = time.perf_counter() - t0
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ void register_logprob(py::module_& m);
 void register_advantages(py::module_& m);
 void register_decode_attention(py::module_& m);
 void register_sampling(py::module_& m);
+void register_skinny_linear(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "smtpo-fast native kernels (raw-pointer interface; see smtpo_fast/_ext.py)";
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_C, m) {
   register_advantages(m);
   register_decode_attention(m);
   register_sampling(m);
+  register_skinny_linear(m);
 }

@@ -47,6 +47,19 @@ def test_common_head_dims(backend, device, D):
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D,Hq,Hkv", [(64, 9, 3), (64, 16, 2), (128, 7, 1), (128, 20, 2), (64, 2, 2)])
+def test_common_head_dims_over_several_blocks(backend, device, dtype, D, Hq, Hkv):
+    # The AVX-512 CPU path (D = 64 / 128, up to 8 query heads per key/value head, 16 positions at a time): lengths
+    # over several 64-position blocks, partial 16-position chunks, 0 and 1; strided q, other cache rows. 10 query
+    # heads per key/value head take the generic loop.
+    q_big, k, v = _inputs(5, 2 * Hq, Hkv, 150, D, dtype, device, extra_rows=2, seed=D + Hq)
+    q = q_big[:, ::2]
+    rows = torch.tensor([6, 0, 3, 2, 1], device=device)
+    _check(backend, device, q, k, v, torch.tensor([150, 70, 13, 0, 1], device=device), rows=rows)
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
 def test_cache_rows_strided_views_and_scale(backend, device):
     # Queries read other cache rows; q is a strided view; caches are a slice of a larger buffer.
     B, Hq, Hkv, S, D = 4, 4, 4, 29, 16

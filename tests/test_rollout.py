@@ -204,22 +204,43 @@ def test_bad_input_gives_clear_errors():
         RolloutEngine(model, max_batch=0, max_seq_len=16)
 
 
-def test_packed_cpu_linears_match_and_follow_weight_updates():
-    from smtpo_fast.rollout.cpu_linear import PackedLinears, mkl_packing_available
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 5, 7), (3, 37, 16), (8, 49, 33), (11, 64, 100), (16, 13, 64),
+                                   (8, 49, 64), (5, 100, 96), (16, 64, 128), (2, 33, 32)])  # last 4: AMX (bf16)
+def test_skinny_linear_matches_a_float64_product(dtype, M, N, K):
+    from smtpo_fast.rollout.cpu_linear import skinny_available, skinny_linear
 
-    if not mkl_packing_available():
-        pytest.skip("torch without MKL")
+    if not skinny_available():
+        pytest.skip("native module not built")
+    g = torch.Generator().manual_seed(M * 1000 + N + K)
+    x = torch.randn(M, K + 3, generator=g).to(dtype)[:, :K]  # rows strided: row stride K + 3
+    w = torch.randn(N, K, generator=g).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype)
+    ref = x.double() @ w.double().T + b.double()
+    # float32 accumulation, then one rounding to the output dtype (half an ulp of the largest output, at most).
+    ulp = {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}[dtype]
+    tol = ulp * ref.abs().max().item() + 1e-5 * K ** 0.5
+    assert (skinny_linear(x, w, b).double() - ref).abs().max() <= tol
+    assert (skinny_linear(x, w).double() - (ref - b.double())).abs().max() <= tol
+
+
+def test_skinny_cpu_linears_match_and_follow_weight_updates():
+    from smtpo_fast.rollout.cpu_linear import SkinnyLinears, skinny_available
+
+    if not skinny_available():
+        pytest.skip("native module not built")
     lin = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8, bias=False))
-    packed = PackedLinears(lin)
+    skinny = SkinnyLinears(lin, max_rows=4)
     x = torch.randn(4, 1, 16)
     with torch.no_grad():
         ref = lin(x)
-        with packed.active(4):
+        with skinny.active():
             assert "forward" in lin[0].__dict__
             torch.testing.assert_close(lin(x), ref, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(lin(x[:3]), lin[1](lin[0](x[:3])))  # other row counts: plain path
+            big = torch.randn(9, 16)  # over max_rows: plain path
+            torch.testing.assert_close(lin(big), lin[1](torch.nn.functional.linear(big, lin[0].weight, lin[0].bias)))
         assert "forward" not in lin[0].__dict__, "the model's Linear forward must be restored"
-        lin[0].weight.mul_(2.0)  # an optimizer-style in-place update
-        with packed.active(4):
+        lin[0].weight.mul_(2.0)  # an optimizer-style in-place update: the kernel reads the weights in place
+        with skinny.active():
             torch.testing.assert_close(lin(x), lin[1](torch.nn.functional.linear(x, lin[0].weight, lin[0].bias)),
                                        rtol=1e-5, atol=1e-5)
