@@ -160,7 +160,9 @@ def _eval(args) -> int:
         dialogues = list(read_dialogues(data_file, skip_bad=True))[:args.max_dialogues or None]
         rows = {}
         for name, path, mode in candidates:
-            model, tokenizer = load_model(path, device=device)
+            model, tokenizer = load_model(path, device=device, dtype=torch.bfloat16 if args.bf16 else None)
+            if hasattr(model, "merge_and_unload"):  # a LoRA simulator: fold the adapter in (faster generation)
+                model = model.merge_and_unload()
             card = load_simulator_card(path)
             # The base model is prompted exactly as the SFT simulators were trained (same TaskConfig).
             tasks = TaskConfig(**card["tasks"]) if card else base_tasks
@@ -241,6 +243,8 @@ def add_commands(groups) -> None:
     p.add_argument("--retriever-method", default="fused", help="which retriever ranking to use (default: fused)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int, default=16, help="dialogues per generate call")
+    p.add_argument("--bf16", action="store_true",
+                   help="load every model in bfloat16 (all rows alike; ~2x faster on a CPU with AMX-bf16)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest generated reply")
     p.add_argument("--table-out", default=None, help="also write the markdown table(s) here")
     p.add_argument("--results-json", default=None, help="also write all metrics as JSON here")
