@@ -161,8 +161,12 @@ def _eval(args) -> int:
         rows = {}
         for name, path, mode in candidates:
             model, tokenizer = load_model(path, device=device, dtype=torch.bfloat16 if args.bf16 else None)
-            if hasattr(model, "merge_and_unload"):  # a LoRA simulator: fold the adapter in (faster generation)
-                model = model.merge_and_unload()
+            if getattr(model, "peft_config", None):  # a LoRA simulator: fold the adapter in (faster generation)
+                from peft.tuners.tuners_utils import BaseTunerLayer
+
+                for module in model.modules():
+                    if isinstance(module, BaseTunerLayer):
+                        module.merge()
             card = load_simulator_card(path)
             # The base model is prompted exactly as the SFT simulators were trained (same TaskConfig).
             tasks = TaskConfig(**card["tasks"]) if card else base_tasks
