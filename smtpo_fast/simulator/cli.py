@@ -172,7 +172,8 @@ def _eval(args) -> int:
             tasks = TaskConfig(**card["tasks"]) if card else base_tasks
             simulator = UserSimulator(model, tokenizer, catalog, mode=mode, generation=generation, tasks=tasks)
             metrics = evaluate_fidelity(simulator, dialogues, catalog, recall_k=10,
-                                        with_target_prediction=not args.no_target_prediction)
+                                        with_target_prediction=not args.no_target_prediction,
+                                        target_prediction_turns=args.target_prediction_turns)
             rows[f"{name} [{mode.replace('_', '-')}]"] = metrics
             print(f"{data_file.name} {name} [{mode}]: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                                      for k, v in metrics.items()}))
@@ -182,7 +183,8 @@ def _eval(args) -> int:
 
             retriever = DualViewRetriever.load(args.retriever, catalog)
             rows[f"retriever ({args.retriever_method}) [label-free reference]"] = retriever_reference(
-                retriever, dialogues, catalog, k=10, method=args.retriever_method)
+                retriever, dialogues, catalog, k=10, method=args.retriever_method,
+                target_prediction_turns=args.target_prediction_turns)
         caption = (f"Simulator fidelity on {data_file.name} ({len(dialogues)} dialogues"
                    f"{', first ' + str(args.max_dialogues) if args.max_dialogues else ''}; device {device}).")
         table = fidelity_table(rows, caption)
@@ -241,6 +243,9 @@ def add_commands(groups) -> None:
     p.add_argument("--max-dialogues", type=int, default=0, help="evaluate the first N dialogues of each file (0: all)")
     p.add_argument("--no-base", action="store_true", help="skip the prompted base model rows")
     p.add_argument("--no-target-prediction", action="store_true", help="skip the beam-search Recall@k (slowest)")
+    p.add_argument("--target-prediction-turns", type=int, default=0,
+                   help="beam-search target prediction on the first N eligible turns only (0: all; the slowest "
+                        "metric: 10 beams per turn)")
     p.add_argument("--retriever", default=None,
                    help="a saved retriever folder (`smtpo train retriever --out DIR`): adds its target Recall@1/10 "
                         "and top-1 attribute precision on the same turns as the label-free reference row")
