@@ -59,6 +59,8 @@ def test_label_free_metrics(setup):
     assert m["attributes_stated"] == 4 and m["attribute_precision"] == 0.25
     # Ranked [Ghostbusters, (unresolvable), Dragon]: turn 2 hit at 1, turn 4 (Dragon) at 2.
     assert (m["target_recall@1"], m["target_recall@10"], m["n_target_prediction"]) == (0.5, 1.0, 2)
+    first = evaluate_fidelity(sim, setup["dialogues"], setup["catalog"], target_prediction_turns=1)
+    assert (first["target_recall@1"], first["n_target_prediction"]) == (1.0, 1)
     assert m["n_replies"] == 2 and 1 < m["reply_perplexity"] < 10 * len(setup["tok"])
 
 
@@ -139,3 +141,7 @@ def test_retriever_reference_uses_the_same_turns(setup):
     assert retriever.queries[1]["context_item_ids"] == ["222", "555"]
     # Top-1 is Ghostbusters both times: its 4 stated attributes are all true of 555 and none of the Dragon.
     assert m["attribute_precision"] == 0.5
+    # Recall on the first turn only (as `--target-prediction-turns 1` asks of the simulators); precision on all.
+    first = retriever_reference(FixedRetriever(), setup["dialogues"], setup["catalog"], target_prediction_turns=1)
+    assert (first["target_recall@1"], first["target_recall@10"], first["n_target_prediction"]) == (1.0, 1.0, 1)
+    assert first["attribute_precision"] == 0.5

@@ -97,8 +97,10 @@ def reply_nll(model, tokenizer, prompts: list[list[dict]], replies: list[str], b
 
 
 def evaluate_fidelity(simulator: UserSimulator, dialogues, catalog, recall_k: int = 10,
-                      with_target_prediction: bool = True) -> dict:
-    """The fidelity metrics of one simulator on some dialogues (see the module docstring)."""
+                      with_target_prediction: bool = True, target_prediction_turns: int = 0) -> dict:
+    """The fidelity metrics of one simulator on some dialogues (see the module docstring).
+    `target_prediction_turns`: beam-search target prediction on the first N eligible turns only (0: all; it is
+    the slowest metric by far: k beams per turn)."""
     start = time.time()
     mode = simulator.mode
     items, openings = fidelity_items(dialogues, catalog, mode, simulator.tasks)
@@ -125,6 +127,7 @@ def evaluate_fidelity(simulator: UserSimulator, dialogues, catalog, recall_k: in
             true += sum(a in truth for a in attributes)
         if with_target_prediction:
             ranked_items = [it for it in items if it.new_target and len(it.history) > 1]
+            ranked_items = ranked_items[:target_prediction_turns or None]
             ranked = simulator.predict_targets([it.history[:-1] for it in ranked_items], k=recall_k)
             out["target_recall@1"] = sum(r[:1] == [it.new_target] for r, it in zip(ranked, ranked_items)) / \
                 max(1, len(ranked_items))
@@ -180,7 +183,7 @@ def fidelity_table(rows: dict[str, dict], caption: str = "") -> str:
 
 
 def retriever_reference(retriever, dialogues, catalog, k: int = 10, method: str = "fused",
-                        config: TaskConfig | None = None) -> dict:
+                        config: TaskConfig | None = None, target_prediction_turns: int = 0) -> dict:
     """The label-free simulator's reference point: the retriever on the same turns. Target Recall@1/@k of its
     ranking from the history, and the attribute precision of its top-1 item's attributes (stated as the
     simulator states them) against the true target. `retriever` is a fitted `DualViewRetriever` (or anything
@@ -197,13 +200,14 @@ def retriever_reference(retriever, dialogues, catalog, k: int = 10, method: str 
         return {"mode": LABEL_FREE}
     ranked, _ = retriever.topk(queries, k=k, method=method)
     stated = true = 0
-    for row, target in zip(ranked, targets):
+    for row, target in zip(ranked, targets):  # attribute precision over all turns, recall over the first N
         truth = all_item_attributes(target, catalog)
         if not truth or not row:
             continue
         attributes = item_attributes(row[0], catalog, config)
         stated += len(attributes)
         true += sum(a in truth for a in attributes)
+    ranked, targets = ranked[:target_prediction_turns or None], targets[:target_prediction_turns or None]
     return {"mode": LABEL_FREE, "target_recall@1": sum(r[:1] == [t] for r, t in zip(ranked, targets)) / len(targets),
             f"target_recall@{k}": sum(t in r[:k] for r, t in zip(ranked, targets)) / len(targets),
             "attribute_precision": true / stated if stated else 0.0, "n_target_prediction": len(targets)}

@@ -16,6 +16,9 @@ target` filters them), so the simulator never learns to say the title first."""
 
 from __future__ import annotations
 
+import math
+import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,12 @@ FEEDBACK_INSTRUCTION = "Reply as the seeker, then add your feedback line."
 ATTRIBUTES_INSTRUCTION = "What kind of movie is the seeker looking for? State its attributes."
 TARGET_INSTRUCTION = "Which movie is the seeker looking for? Name it."
 OPENING_INSTRUCTION = "Start the conversation as the seeker."
+FORMATS = {
+    FEEDBACK_INSTRUCTION: " The feedback line is: [feedback] accept: yes or no; likes: genre:…, director:…, era:… "
+                          "(or none); dislikes: … (or none)",
+    ATTRIBUTES_INSTRUCTION: " Answer in one line: genre: …; director: …; star: …; era: 1990s",
+    TARGET_INSTRUCTION: " Answer with its title and year only.",
+}
 SPEAKER = {SEEKER: "Seeker", RECOMMENDER: "Recommender"}
 
 
@@ -52,6 +61,18 @@ class TaskConfig:
     """Directors and stars (each) per item in prompts and attribute targets."""
     tail_attributes: int = 4
     """Most liked (and disliked) attributes in a feedback tail."""
+    explain_format: bool = False
+    """Instructions spell out each answer's format (the feedback line, the attribute line, a title), so that a
+    prompted base model can answer in it too; the SFT simulators are trained on the same prompts."""
+    reject_share: float = 0.0
+    """Label-free: oversample the feedback examples the data labels as rejections (ReDial `liked` 0; about 5% of
+    labelled turns) until they are this share of the feedback examples (0: as in the data)."""
+    swap_target_rate: float = 0.0
+    """Target-aware: this share of the turns whose list holds the target also yield a counterfactual rejection:
+    the same dialogue and list, the target swapped for another movie of the data, a real seeker rejection reply
+    from the data, `accept: no`. Paired with the real turn it teaches that acceptance follows the target."""
+    seed: int = 0
+    """Seed of the oversampling and of the counterfactual draws."""
 
 
 @dataclass
@@ -161,6 +182,11 @@ def describe_item(item_id: str, catalog: Catalog | None, names: dict[str, str] |
     if item.stars:
         parts.append("starring " + ", ".join(item.stars[:config.max_people]))
     return f"{name}: {'; '.join(parts)}" if parts else name
+
+
+def with_format(text: str, config: TaskConfig | None = None) -> str:
+    """An instruction, with its answer format spelled out when `config.explain_format`."""
+    return text + FORMATS.get(text, "") if config is not None and config.explain_format else text
 
 
 def render_history(utterances: list[dict], config: TaskConfig | None = None) -> str:
@@ -286,13 +312,13 @@ def feedback_prompt(history: list[dict], recommended: list[str], catalog: Catalo
     utterance that makes it; `recommended` are its items' ids (or names)."""
     listed = "\n".join(f"- {describe_item(i, catalog, names, config)}" for i in recommended) or "- (none)"
     user = (f"Conversation so far:\n{render_history(history, config)}\n\nRecommended:\n{listed}\n\n"
-            f"{FEEDBACK_INSTRUCTION}")
+            f"{with_format(FEEDBACK_INSTRUCTION, config)}")
     return [{"role": "system", "content": system_prompt(mode, targets, catalog, names, config)},
             {"role": "user", "content": user}]
 
 
 def history_prompt(history: list[dict], instruction: str, config: TaskConfig | None = None) -> list[dict]:
-    user = f"Conversation so far:\n{render_history(history, config)}\n\n{instruction}"
+    user = f"Conversation so far:\n{render_history(history, config)}\n\n{with_format(instruction, config)}"
     return [{"role": "system", "content": LABEL_FREE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -345,9 +371,10 @@ def episode_examples(episode: Episode, catalog: Catalog | None, mode: str,
 
 
 def dialogue_examples(dialogue: Dialogue, catalog: Catalog | None, mode: str,
-                      config: TaskConfig | None = None) -> list[dict]:
-    """Every SFT example of one dialogue for one simulator (target-aware adds the `opening` example)."""
-    episodes = dialogue_episodes(dialogue, catalog, config)
+                      config: TaskConfig | None = None, episodes: list[Episode] | None = None) -> list[dict]:
+    """Every SFT example of one dialogue for one simulator (target-aware adds the `opening` example).
+    `episodes`: the dialogue's episodes when the caller has them already."""
+    episodes = dialogue_episodes(dialogue, catalog, config) if episodes is None else episodes
     out = []
     if mode == TARGET_AWARE and episodes and episodes[0].dialogue_targets:
         opening = first_seeker_utterance(dialogue)
@@ -361,16 +388,101 @@ def dialogue_examples(dialogue: Dialogue, catalog: Catalog | None, mode: str,
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Balancing acceptance: the data is ~95% (label-free) / ~80% (target-aware) acceptances, and a small model trained
+# on it as is learns to accept everything.
+# ---------------------------------------------------------------------------------------------------------------
+_YEAR = re.compile(r"\b(18|19|20)\d\d\b")
+
+
+def rejection_replies(episodes: list[Episode], max_chars: int = 120) -> list[str]:
+    """Real seeker replies to recommendations the data labels as rejected (accepted False), short and naming no
+    movie (no year, no `@id`, no title of the turn's items): the replies of the counterfactual rejections."""
+    out: list[str] = []
+    for e in episodes:
+        reply = " ".join(e.reply.split())
+        if (e.accepted is False and reply and len(reply) <= max_chars and not _YEAR.search(reply)
+                and "@" not in reply and reply not in out
+                and not names_unrecommended_target(reply, e.recommended_ids, [], None, e.names)):
+            out.append(reply)
+    return out
+
+
+def swapped_target_example(episode: Episode, catalog: Catalog | None, config: TaskConfig, replies: list[str],
+                           target_pool: list[str], rng: random.Random) -> dict | None:
+    """The counterfactual of a turn whose list holds the target: the same dialogue and list, but the seeker is
+    hoping for another movie (`target_pool`, none named in the dialogue so far), so the label is a rejection; the
+    reply is a real rejection reply of the data (`replies`). None when the turn does not qualify or the draw
+    (`config.swap_target_rate`) says no."""
+    if not (episode.reply and episode.dialogue_targets and replies
+            and any(i in episode.dialogue_targets for i in episode.recommended_ids)):
+        return None
+    if rng.random() >= config.swap_target_rate:
+        return None
+    taken = set(episode.mentioned_ids) | set(episode.recommended_ids) | set(episode.dialogue_targets)
+    choices = [t for t in target_pool if t not in taken]
+    if not choices:
+        return None
+    substitute, reply = rng.choice(choices), rng.choice(replies)
+    names = {**episode.names, substitute: display_name(substitute, catalog)}
+    if names_unrecommended_target(reply, [substitute], [], catalog, names):
+        return None
+    dialogue_so_far = episode.history + [{"role": RECOMMENDER, "text": episode.recommendation}]
+    return _with_answer(feedback_prompt(dialogue_so_far, episode.recommended_ids, catalog, TARGET_AWARE,
+                                        [substitute], names, config),
+                        f"{reply}\n{format_tail(False, [], [])}", "feedback", accepted=False, counterfactual=True,
+                        dialogue_id=episode.dialogue_id, source=episode.source)
+
+
+def counterfactual_rejections(episodes: list[Episode], catalog: Catalog | None,
+                              config: TaskConfig | None = None) -> list[dict]:
+    """`swapped_target_example` over many dialogues' episodes: the replies and the substitute targets are drawn
+    from these episodes (each turn's draw is seeded by (seed, dialogue, turn), so it does not depend on order)."""
+    config = config or TaskConfig()
+    if config.swap_target_rate <= 0:
+        return []
+    replies = rejection_replies(episodes)
+    pool = list(dict.fromkeys(t for e in episodes for t in e.dialogue_targets
+                              if catalog is None or t in catalog))
+    out = []
+    for e in episodes:
+        rng = random.Random(f"{config.seed}:{e.dialogue_id}:{len(e.history)}")
+        example = swapped_target_example(e, catalog, config, replies, pool, rng)
+        if example is not None:
+            out.append(example)
+    return out
+
+
+def oversample_rejections(examples: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """`examples` plus copies of its rejection feedback examples (`accepted` False), cycling through them in a
+    seeded order, until rejections are at least `share` of the labelled feedback examples."""
+    feedback = [e for e in examples if e.get("task") == "feedback" and e.get("accepted") is not None]
+    rejects = [e for e in feedback if e["accepted"] is False]
+    if share <= 0 or not rejects or len(rejects) >= share * len(feedback):
+        return list(examples)
+    if share >= 1:
+        raise ValueError(f"share: expected a fraction below 1, got {share}")
+    extra = math.ceil((share * len(feedback) - len(rejects)) / (1 - share))
+    order = random.Random(seed).sample(range(len(rejects)), len(rejects))
+    return list(examples) + [dict(rejects[order[i % len(rejects)]], oversampled=True) for i in range(extra)]
+
+
 def build_examples(paths, catalog: Catalog | None, mode: str, config: TaskConfig | None = None,
                    max_dialogues: int | None = None) -> list[dict]:
-    """SFT examples for one simulator from ReDial .jsonl / INSPIRED .tsv files."""
+    """SFT examples for one simulator from ReDial .jsonl / INSPIRED .tsv files, balanced as `config` says
+    (label-free: `reject_share`; target-aware: `swap_target_rate`)."""
     from ..data.turns import read_dialogues
 
-    out, count = [], 0
+    config = config or TaskConfig()
+    out, all_episodes, count = [], [], 0
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         for dialogue in read_dialogues(path, skip_bad=True):
             if max_dialogues is not None and count >= max_dialogues:
-                return out
-            out += dialogue_examples(dialogue, catalog, mode, config)
+                break
+            episodes = dialogue_episodes(dialogue, catalog, config)
+            out += dialogue_examples(dialogue, catalog, mode, config, episodes)
+            all_episodes += episodes
             count += 1
-    return out
+    if mode == LABEL_FREE:
+        return oversample_rejections(out, config.reject_share, config.seed)
+    return out + counterfactual_rejections(all_episodes, catalog, config)

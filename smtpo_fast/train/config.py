@@ -41,7 +41,10 @@ class SFTConfig:
     seed: int = 0
     """Seed of data order, dropout and initialisation of adapters."""
     bf16: bool = True
-    """bfloat16 autocast on CUDA (ignored on CPU, where autocast is slower than float32 for small models)."""
+    """bfloat16 autocast on CUDA (ignored on CPU unless cpu_bf16)."""
+    cpu_bf16: bool = False
+    """bfloat16 autocast on CPU too: about 2x faster for a 135M model on a CPU with AMX-bf16 (1 thread: 12 s vs
+    25-30 s for fwd+bwd of 8 x 320 tokens, LoRA), slower than float32 for the tiny preset."""
     device: str = "auto"
     """"auto" (cuda when available), "cpu" or "cuda"."""
     log_every: int = 10

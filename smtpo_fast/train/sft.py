@@ -200,6 +200,7 @@ class SFTTrainer:
             torch.manual_seed(cfg.seed)
         self.model.train()
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and self.device.type == "cuda"
+                    else torch.autocast("cpu", dtype=torch.bfloat16) if cfg.cpu_bf16 and self.device.type == "cpu"
                     else nullcontext())
         writer = SummaryWriter(str(self.output / "tensorboard"), purge_step=self.step or None)
         previous_handler = None
