@@ -140,3 +140,50 @@ def test_rl_resume_matches_uninterrupted(world, tmp_path):
         assert a["reward/total"] == b["reward/total"] and a["response_length"] == b["response_length"]
     for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def _prompts(world, n=3):
+    from smtpo_fast.recommender.prompt import build_prompt
+
+    cands = popular_candidates(world["catalog"])
+    return [build_prompt(t["context"], cands([t])[0], world["catalog"], PromptConfig(num_candidates=5))
+            for t in world["turns"][:n]]
+
+
+def test_engine_greedy_answers_equal_hf_generate(world):
+    from smtpo_fast.recommender.generation import engine_supports, generate_answers
+
+    model, tokenizer = load_model(world["model_dir"])
+    assert engine_supports(model)
+    prompts = _prompts(world)
+    hf = generate_answers(model, tokenizer, prompts, 1, 60, 0.0, batch_size=2, backend="hf")
+    engine = generate_answers(model, tokenizer, prompts, 1, 60, 0.0, batch_size=2, backend="engine")
+    assert [[s.response_ids for s in g] for g in engine] == [[s.response_ids for s in g] for g in hf]
+    assert [g[0].prompt_ids for g in engine] == [g[0].prompt_ids for g in hf]
+    assert all(g[0].text for g in engine)
+    # G greedy forks of one prefill are G copies of the single greedy answer
+    forked = generate_answers(model, tokenizer, prompts, 3, 60, 0.0, batch_size=6, backend="engine")
+    assert [[s.response_ids for s in g] for g in forked] == [[s.response_ids[:]] * 3 for g in hf for s in g]
+
+
+def test_engine_samples_come_from_the_policy_distribution(world):
+    """Sampled answers of G forks: the engine's per-token log-probs (temperature 1, no truncation) equal the
+    policy's teacher-forced log-probs that RL trains on, and forks of one prompt differ."""
+    from smtpo_fast.recommender.generation import chat_prompt_ids, pack_samples, sequence_logprobs
+    from smtpo_fast.rollout import RolloutEngine
+
+    torch.manual_seed(0)
+    model, tokenizer = load_model(world["model_dir"])
+    prompt = chat_prompt_ids(tokenizer, _prompts(world, 1)[0], 400)
+    engine = RolloutEngine(model, tokenizer, max_batch=5, max_seq_len=len(prompt) + 41)
+    conv = engine.fork(engine.start([prompt]), 4)
+    out = engine.generate(conv, max_new_tokens=40, do_sample=True, temperature=1.0,
+                          eos_token_id=tokenizer.eos_token_id)
+    responses = out.token_lists()
+    assert len({tuple(r) for r in responses}) > 1
+    samples = [Sample(prompt, r, "") for r in responses]
+    ids, attention, labels = pack_samples(samples, tokenizer.pad_token_id)
+    logp, mask, _ = sequence_logprobs(model, ids, attention, labels)
+    for row, r in enumerate(responses):
+        expected = logp[row][mask[row]]
+        torch.testing.assert_close(out.ref_logprobs[row, :len(r)], expected, rtol=1e-3, atol=1e-3)
