@@ -187,3 +187,18 @@ def test_engine_samples_come_from_the_policy_distribution(world):
     for row, r in enumerate(responses):
         expected = logp[row][mask[row]]
         torch.testing.assert_close(out.ref_logprobs[row, :len(r)], expected, rtol=1e-3, atol=1e-3)
+
+
+def test_engine_behaviour_logprobs_match_a_policy_forward(world):
+    """The RL step takes PPO's behaviour log-probs from the engine: they equal a teacher-forced forward."""
+    from smtpo_fast.recommender.generation import (generate_answers, pack_samples, packed_behaviour_logprobs,
+                                                   sequence_logprobs)
+
+    torch.manual_seed(1)
+    model, tokenizer = load_model(world["model_dir"])
+    samples = [s for g in generate_answers(model, tokenizer, _prompts(world), 2, 40, 1.0, batch_size=4) for s in g]
+    ids, attention, labels = pack_samples(samples, tokenizer.pad_token_id)
+    logp, mask, _ = sequence_logprobs(model, ids, attention, labels)
+    behaviour = packed_behaviour_logprobs(samples, ids.shape[1])
+    torch.testing.assert_close(behaviour[mask], logp[mask], rtol=1e-3, atol=1e-3)
+    assert bool((behaviour[~mask] == 0).all())

@@ -27,6 +27,9 @@ class Sample:
     """Generated tokens up to and including the end-of-turn token (when the model produced one)."""
     text: str
     """The response decoded without special tokens."""
+    logprobs: list[float] | None = None
+    """Per response token, its log-prob under the sampling policy at temperature 1 without truncation (the rollout
+    engine gives them; None from HF generate): the behaviour log-probs PPO needs, without another forward."""
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict], max_prompt_tokens: int) -> list[int]:
@@ -60,14 +63,16 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], num_samples: i
                         max_prompt_tokens)
 
 
-def _samples(tokenizer, prompt_ids: list[int], responses: list[list[int]]) -> list[Sample]:
+def _samples(tokenizer, prompt_ids: list[int], responses: list[list[int]],
+             logprobs: list[list[float]] | None = None) -> list[Sample]:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     group = []
-    for response in responses:
+    for n, response in enumerate(responses):
         if eos in response:
             response = response[:response.index(eos) + 1]
-        response = [t for t in response if t != pad or t == eos]
-        group.append(Sample(list(prompt_ids), response, tokenizer.decode(response, skip_special_tokens=True).strip()))
+        lp = None if logprobs is None else logprobs[n][:len(response)]
+        group.append(Sample(list(prompt_ids), response, tokenizer.decode(response, skip_special_tokens=True).strip(),
+                            lp))
     return group
 
 
@@ -99,8 +104,9 @@ def _generate_engine(model, tokenizer, prompts, num_samples, max_new_tokens, tem
                                      eos_token_id=tokenizer.eos_token_id)
             engine.release(rows)
             tokens = result.token_lists()
+            logprobs = result.ref_logprobs.float().cpu().tolist()
             for b, ids in enumerate(chunk):
-                out.append(_samples(tokenizer, ids, tokens[b * G:(b + 1) * G]))
+                out.append(_samples(tokenizer, ids, tokens[b * G:(b + 1) * G], logprobs[b * G:(b + 1) * G]))
     finally:
         model.train(was_training)
     return out
@@ -131,7 +137,10 @@ def _generate_hf(model, tokenizer, prompts, num_samples, max_new_tokens, tempera
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         new = generated[:, width:].tolist()
         for row, ids in enumerate(chunk):
-            out.append(_samples(tokenizer, ids, new[row * num_samples:(row + 1) * num_samples]))
+            group = new[row * num_samples:(row + 1) * num_samples]
+            if pad != eos:  # rows that stopped early are padded after their EOS
+                group = [r[:r.index(eos) + 1] if eos in r else [t for t in r if t != pad] for r in group]
+            out.append(_samples(tokenizer, ids, group))
     model.train(was_training)
     return out
 
@@ -149,6 +158,18 @@ def pack_samples(samples: list[Sample], pad_id: int) -> tuple[torch.Tensor, torc
         mask[row, :n_p + n_r] = 1
         labels[row, n_p:n_p + n_r] = torch.tensor(s.response_ids, dtype=torch.long)
     return ids, mask, labels
+
+
+def packed_behaviour_logprobs(samples: list[Sample], width: int) -> torch.Tensor | None:
+    """[B, width - 1] float32 in `sequence_logprobs`' layout (position t scores token t + 1) from the samples'
+    own log-probs, or None when any sample lacks them."""
+    if any(s.logprobs is None or len(s.logprobs) != len(s.response_ids) for s in samples):
+        return None
+    out = torch.zeros((len(samples), width - 1), dtype=torch.float32)
+    for row, s in enumerate(samples):
+        n_p = len(s.prompt_ids)
+        out[row, n_p - 1:n_p - 1 + len(s.logprobs)] = torch.tensor(s.logprobs, dtype=torch.float32)
+    return out
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,

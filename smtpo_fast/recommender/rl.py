@@ -30,8 +30,9 @@ import torch
 from ..ops import discounted_returns, grpo_advantages, kl_penalty, masked_mean, ppo_policy_loss, \
     turn_rewards_to_tokens
 from ..simulator.tasks import all_item_attributes
+from ..train.data import IGNORE_INDEX
 from ..train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from .generation import Sample, generate_answers, pack_samples, sequence_logprobs
+from .generation import Sample, generate_answers, pack_samples, packed_behaviour_logprobs, sequence_logprobs
 from .parse import parse_answer
 from .prompt import PromptConfig, build_prompt, recommendation_utterance
 from .rewards import RewardConfig, score_answer
@@ -285,15 +286,18 @@ class GRPOTrainer:
         start = time.perf_counter()
         ids, attention, labels = pack_samples(samples, self.tokenizer.pad_token_id)
         ids, attention, labels = ids.to(self.device), attention.to(self.device), labels.to(self.device)
+        # Behaviour log-probs: the rollout engine's (same weights, temperature 1, no truncation), else a forward.
+        behaviour = packed_behaviour_logprobs(samples, ids.shape[1])
         with torch.no_grad():
-            old, ref, mask = [], [], []
+            old, ref = [], []
             for lo in range(0, len(samples), cfg.micro_batch):
                 sl = slice(lo, lo + cfg.micro_batch)
-                logp, m, _ = sequence_logprobs(self.model, ids[sl], attention[sl], labels[sl])
-                old.append(logp)
-                mask.append(m)
+                if behaviour is None:
+                    old.append(sequence_logprobs(self.model, ids[sl], attention[sl], labels[sl])[0])
                 ref.append(sequence_logprobs(self.reference, ids[sl], attention[sl], labels[sl])[0])
-            old_logp, ref_logp, mask = torch.cat(old), torch.cat(ref), torch.cat(mask)
+            mask = labels[:, 1:] != IGNORE_INDEX
+            ref_logp = torch.cat(ref)
+            old_logp = torch.cat(old) if behaviour is None else behaviour.to(self.device)
         advantages = token_advantages(groups, mask.cpu()).to(self.device)
         timing["logprob"] = time.perf_counter() - start
         start = time.perf_counter()
