@@ -52,6 +52,8 @@ class EvalConfig:
     transfer_file: str = ""
     """A second test file (e.g. inspired/dev.tsv, relative to data_dir unless absolute) evaluated statically with
     the same models; '' for none."""
+    max_transfer_turns: int = 0
+    """Turns of the transfer file evaluated (0: all)."""
 
 
 @dataclass
@@ -363,6 +365,7 @@ class Pipeline:
         results = {}
         for key, label, ranker in methods:
             self.log(f"  eval {label}")
+            started = time.time()
             static, rows = static_eval(ranker, static_set, progress=True)
             write_predictions(folder / f"predictions_static_{key}.jsonl", rows, method=key)
             entry = {"label": label, "static": static}
@@ -373,6 +376,7 @@ class Pipeline:
                                                      catalog=catalog, progress=True)
                 write_predictions(folder / f"predictions_interactive_{key}.jsonl", rows, method=key)
                 entry["interactive"] = interactive
+            entry["seconds"] = time.time() - started
             results[key] = entry
         if cfg.eval.transfer_file:
             from .data.turns import iter_turns
@@ -380,8 +384,12 @@ class Pipeline:
             path = Path(cfg.eval.transfer_file)
             path = path if path.is_absolute() else self.data_dir / path
             transfer = static_turns(list(iter_turns(path, catalog)), catalog)
-            for key, _, ranker in methods:
-                results[key]["transfer"] = static_eval(ranker, transfer)[0]
+            if cfg.eval.max_transfer_turns:
+                transfer = transfer[:cfg.eval.max_transfer_turns]
+            for key, label, ranker in methods:
+                self.log(f"  transfer {label}")
+                results[key]["transfer"], rows = static_eval(ranker, transfer)
+                write_predictions(folder / f"predictions_transfer_{key}.jsonl", rows, method=key)
         (folder / "results.json").write_text(json.dumps(results, indent=1))
 
     # -- report --------------------------------------------------------------------------------------------------

@@ -202,3 +202,14 @@ def test_engine_behaviour_logprobs_match_a_policy_forward(world):
     behaviour = packed_behaviour_logprobs(samples, ids.shape[1])
     torch.testing.assert_close(behaviour[mask], logp[mask], rtol=1e-3, atol=1e-3)
     assert bool((behaviour[~mask] == 0).all())
+
+
+def test_require_target_in_candidates_keeps_only_retrieved_targets(world, tmp_path):
+    model, tokenizer = load_model(world["model_dir"])
+    cands = popular_candidates(world["catalog"])
+    cfg = RLConfig(output_dir=str(tmp_path), require_target_in_candidates=True, ensure_target_in_candidates=False,
+                   progress=False, device="cpu")
+    trainer = GRPOTrainer(model, tokenizer, world["turns"], cands, ScriptedSimulator(), world["catalog"], cfg,
+                          PromptConfig(num_candidates=5), RewardConfig())
+    assert 0 < len(trainer.turns) < len(world["turns"])
+    assert all(t["new_target_ids"][0] in cands([t])[0] for t in trainer.turns)

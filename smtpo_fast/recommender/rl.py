@@ -81,7 +81,13 @@ class RLConfig:
     """Gradient clipping by global norm."""
     ensure_target_in_candidates: bool = True
     """Put the true target among the candidates when the retriever missed it (training only; without it, turns
-    whose candidates lack the target give the whole group zero recommendation reward and no signal)."""
+    whose candidates lack the target give the whole group zero recommendation reward and no signal). An inserted
+    target sits at a random position among items the retriever chose for the context, which evaluation never
+    shows (there the target is in the candidates only where the retriever put it)."""
+    require_target_in_candidates: bool = False
+    """Start episodes only from training turns whose first-turn retriever candidates contain the target (with
+    `ensure_target_in_candidates` off: RL then sees the candidate lists evaluation sees, and every first turn
+    carries a recommendation signal)."""
     simulator_sees_targets: bool = False
     """Pass the episode's targets to the simulator (the target-aware-simulator ablation; SMTPO's label-free
     simulator never sees them)."""
@@ -238,12 +244,28 @@ class GRPOTrainer:
         if not self.turns:
             raise ValueError("turns: no training turn has a context and a target in the catalog")
         self.candidate_fn, self.simulator = candidate_fn, simulator
+        if cfg.require_target_in_candidates:
+            self.turns = self._turns_with_target_retrieved(self.turns)
+            if not self.turns:
+                raise ValueError("require_target_in_candidates: the candidates of no training turn hold its target")
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, ConstantLR())
         self.output = Path(cfg.output_dir)
         self.step = 0
         self.metrics: list[dict] = []
+
+    def _turns_with_target_retrieved(self, turns: list[dict], batch: int = 256) -> list[dict]:
+        keep = []
+        for lo in range(0, len(turns), batch):
+            chunk = turns[lo:lo + batch]
+            retrieved = self.candidate_fn([{"context": t["context"], "context_item_ids": t["context_item_ids"],
+                                            "feedback": t.get("feedback", "")} for t in chunk])
+            for t, cands in zip(chunk, retrieved):
+                cands = [c for c in cands if c not in t["context_item_ids"]][:self.prompt.num_candidates]
+                if t["new_target_ids"][0] in cands:
+                    keep.append(t)
+        return keep
 
     # -- state ---------------------------------------------------------------------------------------------------
     def save(self) -> Path:
