@@ -142,8 +142,11 @@ def _key(*parts) -> str:
 
 
 class Pipeline:
-    def __init__(self, config: PipelineConfig, log=print):
+    def __init__(self, config: PipelineConfig, log=print, only: list[str] | None = None):
         self.config = config
+        self.only = set(only) if only else None
+        """RL stages to run (their prerequisites are reused from the cache or run); None: every stage and the
+        report. Lets independent RL runs go in separate processes."""
         self.root = Path(config.runs_dir) / config.name
         self.log = log
         self.keys: dict[str, str] = {}
@@ -303,9 +306,14 @@ class Pipeline:
 
         rl_runs = {"rl": None, **{f"rl_{a}": a for a in cfg.ablations}}
         for name, ablation in rl_runs.items():
+            if self.only is not None and name not in self.only:
+                continue
             self.stage(name, [self.keys["recommender_sft"], self.keys["simulator_sft"], asdict(cfg.rl),
                               asdict(cfg.rewards), ablation], lambda folder, a=ablation: self.rl_stage(folder, a))
 
+        if self.only is not None:
+            self.log(f"done: {', '.join(sorted(self.only))} (--only: no evaluation or report)")
+            return self.root
         self.stage("eval", [self.keys[n] for n in ("retriever", "base_model", "recommender_sft", *rl_runs)]
                    + [asdict(cfg.eval), asdict(cfg.prompt)], lambda folder: self.eval_stage(folder, rl_runs))
         report = self.write_report(rl_runs, time.time() - start)
@@ -458,8 +466,14 @@ class Pipeline:
 def _run_command(args) -> int:
     config = load_config(args.config, preset=args.preset, name=args.name, data_dir=args.data_dir,
                          runs_dir=args.runs_dir, device=args.device)
-    report = Pipeline(config).run()
-    print(report.read_text())
+    only = [x for x in (args.only or "").split(",") if x]
+    bad = [x for x in only if x not in ("rl", *(f"rl_{a}" for a in ABLATIONS))]
+    if bad:
+        raise SystemExit(f"--only: unknown stage(s) {bad}; choose from rl, "
+                         f"{', '.join(f'rl_{a}' for a in ABLATIONS)}")
+    report = Pipeline(config, only=only or None).run()
+    if not only:
+        print(report.read_text())
     return 0
 
 
@@ -511,6 +525,8 @@ def add_commands(groups) -> None:
     run.add_argument("--data-dir", dest="data_dir", default=None, help="data folder ('' = synthetic)")
     run.add_argument("--runs-dir", dest="runs_dir", default=None, help="parent folder of runs")
     run.add_argument("--device", default=None, help="auto | cpu | cuda")
+    run.add_argument("--only", default=None, help="comma-separated RL stages (rl, rl_<ablation>) to run, with their "
+                     "prerequisites, and stop before evaluation: independent RL runs in parallel processes")
     run.set_defaults(handler=_run_command)
     ev = groups["eval"].add_parser("recommender", help="static + interactive evaluation of a recommender")
     ev.add_argument("--run", required=True, help="a `smtpo run` folder (catalog, retriever, simulator)")
