@@ -37,6 +37,12 @@ def test_smtpo_run_end_to_end_and_cached(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count(": cached") == 7 and ": running" not in out
+    # --only: the named RL stage (cached here) and its prerequisites, no evaluation or report
+    assert main(args + ["--only", "rl"]) == 0
+    out = capsys.readouterr().out
+    assert "rl: cached" in out and "] eval" not in out and ": running" not in out
+    with pytest.raises(SystemExit, match="rl_nonsense"):
+        main(args + ["--only", "rl_nonsense"])
     # `smtpo eval recommender` on the run's models, any test file, with predictions written.
     predictions = tmp_path / "preds.jsonl"
     test_file = run / "data" / "synthetic" / "redial" / "test_public.jsonl"
