@@ -57,6 +57,9 @@ class RLConfig:
     """Turns per episode (1: the single-turn ablation)."""
     max_new_tokens: int = 112
     """Longest answer (reasoning answers are ~90 tokens with the tiny tokenizer)."""
+    rollout_backend: str = "auto"
+    """'engine' (the rollout engine: G forks of one prefill, behaviour log-probs from sampling), 'hf' (HF
+    generate, then a forward for the behaviour log-probs) or 'auto' (the engine where it supports the model)."""
     rollout_batch_size: int = 16
     """Sequences (prompts x group_size) per generate call."""
     max_prompt_tokens: int = 768
@@ -295,7 +298,7 @@ class GRPOTrainer:
     def sample(self, prompts, group_size):
         return generate_answers(self.model, self.tokenizer, prompts, group_size, self.config.max_new_tokens,
                                 self.config.temperature, self.config.top_p, self.config.rollout_batch_size,
-                                self.config.max_prompt_tokens)
+                                self.config.max_prompt_tokens, self.config.rollout_backend)
 
     def train_step(self) -> dict:
         cfg = self.config
