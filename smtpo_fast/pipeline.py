@@ -495,13 +495,21 @@ def _eval_command(args) -> int:
     retriever_ranker = RetrieverRanker(pipeline.retriever())
     if args.model == "retriever":
         ranker = retriever_ranker
+    elif args.model == "popularity":
+        from .eval.recommender import PopularityRanker
+
+        ranker = PopularityRanker.from_turns(pipeline.turns("train"), catalog)
     else:
         folder = Path(args.model) if args.model else Path(args.run) / "rl" / "final"
         model, tokenizer = pipeline.load(folder, device=pipeline._device())
         ranker = LLMRanker(model, tokenizer, catalog, retriever_ranker, config.prompt,
                            config.eval.recommender_max_new_tokens, name=folder.name)
+    started = time.time()
     metrics, rows = static_eval(ranker, turns, progress=True)
     print(json.dumps({"static": metrics}, indent=1))
+    results = {"model": args.model or "rl", "data": str(data), "static": metrics}
+    if hasattr(ranker, "parse_failures"):
+        results["parse_failure_rate"] = ranker.parse_failures / max(1, len(turns))
     out_rows = [dict(r, mode="static") for r in rows]
     if args.interactive_turns > 0:
         simulator = pipeline.simulator(Path(args.run) / "simulator_sft" / "final", TARGET_AWARE)
@@ -509,7 +517,12 @@ def _eval_command(args) -> int:
         inter, rows = interactive_eval(ranker, simulator, subset, args.interactive_turns, catalog=catalog,
                                        progress=True)
         print(json.dumps({"interactive": inter}, indent=1))
+        results["interactive"] = inter
         out_rows += [dict(r, mode="interactive") for r in rows]
+    results["seconds"] = time.time() - started
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
     if args.predictions_out:
         write_predictions(args.predictions_out, out_rows, data=str(data))
     return 0
@@ -530,7 +543,10 @@ def add_commands(groups) -> None:
     run.set_defaults(handler=_run_command)
     ev = groups["eval"].add_parser("recommender", help="static + interactive evaluation of a recommender")
     ev.add_argument("--run", required=True, help="a `smtpo run` folder (catalog, retriever, simulator)")
-    ev.add_argument("--model", default=None, help="recommender folder, or 'retriever' (default: <run>/rl/final)")
+    ev.add_argument("--model", default=None, help="recommender folder, 'retriever' or 'popularity' (default: "
+                    "<run>/rl/final)")
+    ev.add_argument("--json-out", dest="json_out", default=None, help="write the metrics (static, interactive, "
+                    "parse failures, seconds) to this JSON file")
     ev.add_argument("--data", default=None, help="test file, ReDial .jsonl or INSPIRED .tsv (default: the run's)")
     ev.add_argument("--predictions-out", dest="predictions_out", default=None, help="JSON lines per turn")
     ev.add_argument("--interactive-turns", dest="interactive_turns", type=int, default=5,
