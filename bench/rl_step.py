@@ -56,7 +56,7 @@ def build(device: str, root: Path, quick: bool):
     return catalog, turns, tokenizer, policy, sim_model
 
 
-def one_variant(backend: str, args, world) -> dict:
+def one_variant(backend: str, args, world, rollout: str = "auto") -> dict:
     from smtpo_fast.recommender import PromptConfig, RewardConfig
     from smtpo_fast.recommender.rl import GRPOTrainer, RLConfig
     from smtpo_fast.simulator import GenerationConfig, UserSimulator
@@ -72,7 +72,7 @@ def one_variant(backend: str, args, world) -> dict:
     cfg = RLConfig(output_dir=tempfile.mkdtemp(), steps=10**6, episodes_per_step=args.episodes,
                    group_size=args.group, max_turns=args.turns, max_new_tokens=args.new_tokens,
                    micro_batch=args.micro_batch, ppo_epochs=1, rollout_batch_size=64, resume=False, progress=False,
-                   device=args.device)
+                   device=args.device, rollout_backend=rollout)
     trainer = GRPOTrainer(policy, tokenizer, turns, lambda q: [ids[:20] for _ in q], simulator, catalog, cfg,
                           PromptConfig(num_candidates=20), RewardConfig())
     for _ in range(args.warmup):
@@ -112,11 +112,14 @@ def main():
     torch.set_grad_enabled(True)
     with tempfile.TemporaryDirectory() as tmp:
         world = build(args.device, Path(tmp), args.quick)
-        results = {name: one_variant(name, args, world) for name in ("torch", "smtpo")}
+        results = {"torch": one_variant("torch", args, world, "hf"), "smtpo_hf": one_variant("smtpo", args, world, "hf"),
+                   "smtpo": one_variant("smtpo", args, world, "engine")}
     base = results["torch"]["step"]
     rows = []
+    labels = {"torch": "torch reference ops, HF generate", "smtpo_hf": "smtpo fused ops, HF generate",
+              "smtpo": "smtpo fused ops, rollout engine"}
     for name, r in results.items():
-        rows.append({"variant": "torch reference ops" if name == "torch" else "smtpo fused ops", "step": r["step"],
+        rows.append({"variant": labels[name], "step": r["step"],
                      "speedup": base / r["step"], **{f"{ph}_share": r[ph] / r["step"] for ph in (*PHASES, "other")},
                      "logprob_s": r["logprob"], "update_s": r["update"]})
     print(f"one GRPO step: {args.episodes} episodes x {args.turns} turns x G={args.group}, {args.new_tokens} answer "

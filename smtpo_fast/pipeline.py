@@ -52,6 +52,8 @@ class EvalConfig:
     transfer_file: str = ""
     """A second test file (e.g. inspired/dev.tsv, relative to data_dir unless absolute) evaluated statically with
     the same models; '' for none."""
+    max_transfer_turns: int = 0
+    """Turns of the transfer file evaluated (0: all)."""
 
 
 @dataclass
@@ -140,8 +142,11 @@ def _key(*parts) -> str:
 
 
 class Pipeline:
-    def __init__(self, config: PipelineConfig, log=print):
+    def __init__(self, config: PipelineConfig, log=print, only: list[str] | None = None):
         self.config = config
+        self.only = set(only) if only else None
+        """RL stages to run (their prerequisites are reused from the cache or run); None: every stage and the
+        report. Lets independent RL runs go in separate processes."""
         self.root = Path(config.runs_dir) / config.name
         self.log = log
         self.keys: dict[str, str] = {}
@@ -301,9 +306,14 @@ class Pipeline:
 
         rl_runs = {"rl": None, **{f"rl_{a}": a for a in cfg.ablations}}
         for name, ablation in rl_runs.items():
+            if self.only is not None and name not in self.only:
+                continue
             self.stage(name, [self.keys["recommender_sft"], self.keys["simulator_sft"], asdict(cfg.rl),
                               asdict(cfg.rewards), ablation], lambda folder, a=ablation: self.rl_stage(folder, a))
 
+        if self.only is not None:
+            self.log(f"done: {', '.join(sorted(self.only))} (--only: no evaluation or report)")
+            return self.root
         self.stage("eval", [self.keys[n] for n in ("retriever", "base_model", "recommender_sft", *rl_runs)]
                    + [asdict(cfg.eval), asdict(cfg.prompt)], lambda folder: self.eval_stage(folder, rl_runs))
         report = self.write_report(rl_runs, time.time() - start)
@@ -363,6 +373,7 @@ class Pipeline:
         results = {}
         for key, label, ranker in methods:
             self.log(f"  eval {label}")
+            started = time.time()
             static, rows = static_eval(ranker, static_set, progress=True)
             write_predictions(folder / f"predictions_static_{key}.jsonl", rows, method=key)
             entry = {"label": label, "static": static}
@@ -373,6 +384,7 @@ class Pipeline:
                                                      catalog=catalog, progress=True)
                 write_predictions(folder / f"predictions_interactive_{key}.jsonl", rows, method=key)
                 entry["interactive"] = interactive
+            entry["seconds"] = time.time() - started
             results[key] = entry
         if cfg.eval.transfer_file:
             from .data.turns import iter_turns
@@ -380,8 +392,12 @@ class Pipeline:
             path = Path(cfg.eval.transfer_file)
             path = path if path.is_absolute() else self.data_dir / path
             transfer = static_turns(list(iter_turns(path, catalog)), catalog)
-            for key, _, ranker in methods:
-                results[key]["transfer"] = static_eval(ranker, transfer)[0]
+            if cfg.eval.max_transfer_turns:
+                transfer = transfer[:cfg.eval.max_transfer_turns]
+            for key, label, ranker in methods:
+                self.log(f"  transfer {label}")
+                results[key]["transfer"], rows = static_eval(ranker, transfer)
+                write_predictions(folder / f"predictions_transfer_{key}.jsonl", rows, method=key)
         (folder / "results.json").write_text(json.dumps(results, indent=1))
 
     # -- report --------------------------------------------------------------------------------------------------
@@ -450,8 +466,14 @@ class Pipeline:
 def _run_command(args) -> int:
     config = load_config(args.config, preset=args.preset, name=args.name, data_dir=args.data_dir,
                          runs_dir=args.runs_dir, device=args.device)
-    report = Pipeline(config).run()
-    print(report.read_text())
+    only = [x for x in (args.only or "").split(",") if x]
+    bad = [x for x in only if x not in ("rl", *(f"rl_{a}" for a in ABLATIONS))]
+    if bad:
+        raise SystemExit(f"--only: unknown stage(s) {bad}; choose from rl, "
+                         f"{', '.join(f'rl_{a}' for a in ABLATIONS)}")
+    report = Pipeline(config, only=only or None).run()
+    if not only:
+        print(report.read_text())
     return 0
 
 
@@ -473,13 +495,21 @@ def _eval_command(args) -> int:
     retriever_ranker = RetrieverRanker(pipeline.retriever())
     if args.model == "retriever":
         ranker = retriever_ranker
+    elif args.model == "popularity":
+        from .eval.recommender import PopularityRanker
+
+        ranker = PopularityRanker.from_turns(pipeline.turns("train"), catalog)
     else:
         folder = Path(args.model) if args.model else Path(args.run) / "rl" / "final"
         model, tokenizer = pipeline.load(folder, device=pipeline._device())
         ranker = LLMRanker(model, tokenizer, catalog, retriever_ranker, config.prompt,
                            config.eval.recommender_max_new_tokens, name=folder.name)
+    started = time.time()
     metrics, rows = static_eval(ranker, turns, progress=True)
     print(json.dumps({"static": metrics}, indent=1))
+    results = {"model": args.model or "rl", "data": str(data), "static": metrics}
+    if hasattr(ranker, "parse_failures"):
+        results["parse_failure_rate"] = ranker.parse_failures / max(1, len(turns))
     out_rows = [dict(r, mode="static") for r in rows]
     if args.interactive_turns > 0:
         simulator = pipeline.simulator(Path(args.run) / "simulator_sft" / "final", TARGET_AWARE)
@@ -487,7 +517,12 @@ def _eval_command(args) -> int:
         inter, rows = interactive_eval(ranker, simulator, subset, args.interactive_turns, catalog=catalog,
                                        progress=True)
         print(json.dumps({"interactive": inter}, indent=1))
+        results["interactive"] = inter
         out_rows += [dict(r, mode="interactive") for r in rows]
+    results["seconds"] = time.time() - started
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
     if args.predictions_out:
         write_predictions(args.predictions_out, out_rows, data=str(data))
     return 0
@@ -503,10 +538,15 @@ def add_commands(groups) -> None:
     run.add_argument("--data-dir", dest="data_dir", default=None, help="data folder ('' = synthetic)")
     run.add_argument("--runs-dir", dest="runs_dir", default=None, help="parent folder of runs")
     run.add_argument("--device", default=None, help="auto | cpu | cuda")
+    run.add_argument("--only", default=None, help="comma-separated RL stages (rl, rl_<ablation>) to run, with their "
+                     "prerequisites, and stop before evaluation: independent RL runs in parallel processes")
     run.set_defaults(handler=_run_command)
     ev = groups["eval"].add_parser("recommender", help="static + interactive evaluation of a recommender")
     ev.add_argument("--run", required=True, help="a `smtpo run` folder (catalog, retriever, simulator)")
-    ev.add_argument("--model", default=None, help="recommender folder, or 'retriever' (default: <run>/rl/final)")
+    ev.add_argument("--model", default=None, help="recommender folder, 'retriever' or 'popularity' (default: "
+                    "<run>/rl/final)")
+    ev.add_argument("--json-out", dest="json_out", default=None, help="write the metrics (static, interactive, "
+                    "parse failures, seconds) to this JSON file")
     ev.add_argument("--data", default=None, help="test file, ReDial .jsonl or INSPIRED .tsv (default: the run's)")
     ev.add_argument("--predictions-out", dest="predictions_out", default=None, help="JSON lines per turn")
     ev.add_argument("--interactive-turns", dest="interactive_turns", type=int, default=5,

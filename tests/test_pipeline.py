@@ -37,6 +37,12 @@ def test_smtpo_run_end_to_end_and_cached(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count(": cached") == 7 and ": running" not in out
+    # --only: the named RL stage (cached here) and its prerequisites, no evaluation or report
+    assert main(args + ["--only", "rl"]) == 0
+    out = capsys.readouterr().out
+    assert "rl: cached" in out and "] eval" not in out and ": running" not in out
+    with pytest.raises(SystemExit, match="rl_nonsense"):
+        main(args + ["--only", "rl_nonsense"])
     # `smtpo eval recommender` on the run's models, any test file, with predictions written.
     predictions = tmp_path / "preds.jsonl"
     test_file = run / "data" / "synthetic" / "redial" / "test_public.jsonl"
@@ -46,3 +52,8 @@ def test_smtpo_run_end_to_end_and_cached(tmp_path, capsys):
     assert [r["mode"] for r in rows] == ["static"] * 3 + ["interactive"] * 2
     assert all(len(r["ranked_ids"]) >= 1 and r["target_ids"] for r in rows)
     assert "turn_lists" in rows[-1] and "simulator_replies" in rows[-1]
+    metrics = tmp_path / "popularity.json"
+    assert main(["eval", "recommender", "--run", str(run), "--model", "popularity", "--max-turns", "3",
+                 "--interactive-turns", "0", "--json-out", str(metrics)]) == 0
+    saved = json.loads(metrics.read_text())
+    assert saved["model"] == "popularity" and saved["static"]["turns"] == 3 and "interactive" not in saved

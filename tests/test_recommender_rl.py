@@ -140,3 +140,76 @@ def test_rl_resume_matches_uninterrupted(world, tmp_path):
         assert a["reward/total"] == b["reward/total"] and a["response_length"] == b["response_length"]
     for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def _prompts(world, n=3):
+    from smtpo_fast.recommender.prompt import build_prompt
+
+    cands = popular_candidates(world["catalog"])
+    return [build_prompt(t["context"], cands([t])[0], world["catalog"], PromptConfig(num_candidates=5))
+            for t in world["turns"][:n]]
+
+
+def test_engine_greedy_answers_equal_hf_generate(world):
+    from smtpo_fast.recommender.generation import engine_supports, generate_answers
+
+    model, tokenizer = load_model(world["model_dir"])
+    assert engine_supports(model)
+    prompts = _prompts(world)
+    hf = generate_answers(model, tokenizer, prompts, 1, 60, 0.0, batch_size=2, backend="hf")
+    engine = generate_answers(model, tokenizer, prompts, 1, 60, 0.0, batch_size=2, backend="engine")
+    assert [[s.response_ids for s in g] for g in engine] == [[s.response_ids for s in g] for g in hf]
+    assert [g[0].prompt_ids for g in engine] == [g[0].prompt_ids for g in hf]
+    assert all(g[0].text for g in engine)
+    # G greedy forks of one prefill are G copies of the single greedy answer
+    forked = generate_answers(model, tokenizer, prompts, 3, 60, 0.0, batch_size=6, backend="engine")
+    assert [[s.response_ids for s in g] for g in forked] == [[s.response_ids[:]] * 3 for g in hf for s in g]
+
+
+def test_engine_samples_come_from_the_policy_distribution(world):
+    """Sampled answers of G forks: the engine's per-token log-probs (temperature 1, no truncation) equal the
+    policy's teacher-forced log-probs that RL trains on, and forks of one prompt differ."""
+    from smtpo_fast.recommender.generation import chat_prompt_ids, pack_samples, sequence_logprobs
+    from smtpo_fast.rollout import RolloutEngine
+
+    torch.manual_seed(0)
+    model, tokenizer = load_model(world["model_dir"])
+    prompt = chat_prompt_ids(tokenizer, _prompts(world, 1)[0], 400)
+    engine = RolloutEngine(model, tokenizer, max_batch=5, max_seq_len=len(prompt) + 41)
+    conv = engine.fork(engine.start([prompt]), 4)
+    out = engine.generate(conv, max_new_tokens=40, do_sample=True, temperature=1.0,
+                          eos_token_id=tokenizer.eos_token_id)
+    responses = out.token_lists()
+    assert len({tuple(r) for r in responses}) > 1
+    samples = [Sample(prompt, r, "") for r in responses]
+    ids, attention, labels = pack_samples(samples, tokenizer.pad_token_id)
+    logp, mask, _ = sequence_logprobs(model, ids, attention, labels)
+    for row, r in enumerate(responses):
+        expected = logp[row][mask[row]]
+        torch.testing.assert_close(out.ref_logprobs[row, :len(r)], expected, rtol=1e-3, atol=1e-3)
+
+
+def test_engine_behaviour_logprobs_match_a_policy_forward(world):
+    """The RL step takes PPO's behaviour log-probs from the engine: they equal a teacher-forced forward."""
+    from smtpo_fast.recommender.generation import (generate_answers, pack_samples, packed_behaviour_logprobs,
+                                                   sequence_logprobs)
+
+    torch.manual_seed(1)
+    model, tokenizer = load_model(world["model_dir"])
+    samples = [s for g in generate_answers(model, tokenizer, _prompts(world), 2, 40, 1.0, batch_size=4) for s in g]
+    ids, attention, labels = pack_samples(samples, tokenizer.pad_token_id)
+    logp, mask, _ = sequence_logprobs(model, ids, attention, labels)
+    behaviour = packed_behaviour_logprobs(samples, ids.shape[1])
+    torch.testing.assert_close(behaviour[mask], logp[mask], rtol=1e-3, atol=1e-3)
+    assert bool((behaviour[~mask] == 0).all())
+
+
+def test_require_target_in_candidates_keeps_only_retrieved_targets(world, tmp_path):
+    model, tokenizer = load_model(world["model_dir"])
+    cands = popular_candidates(world["catalog"])
+    cfg = RLConfig(output_dir=str(tmp_path), require_target_in_candidates=True, ensure_target_in_candidates=False,
+                   progress=False, device="cpu")
+    trainer = GRPOTrainer(model, tokenizer, world["turns"], cands, ScriptedSimulator(), world["catalog"], cfg,
+                          PromptConfig(num_candidates=5), RewardConfig())
+    assert 0 < len(trainer.turns) < len(world["turns"])
+    assert all(t["new_target_ids"][0] in cands([t])[0] for t in trainer.turns)

@@ -81,6 +81,8 @@ def stated_preferences(context: list[dict], vocab: dict[str, str]) -> list[str]:
     text = " ".join(u["text"].lower() for u in context if u.get("role") == SEEKER)
     found: list[tuple[int, str]] = []
     for value, attribute in vocab.items():
+        if value not in text:  # a plain substring test first: the regex runs only for the few values present
+            continue
         match = re.search(r"\b" + re.escape(value) + r"\b", text)
         if match:
             found.append((match.start(), attribute))

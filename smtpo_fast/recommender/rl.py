@@ -30,8 +30,9 @@ import torch
 from ..ops import discounted_returns, grpo_advantages, kl_penalty, masked_mean, ppo_policy_loss, \
     turn_rewards_to_tokens
 from ..simulator.tasks import all_item_attributes
+from ..train.data import IGNORE_INDEX
 from ..train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from .generation import Sample, generate_answers, pack_samples, sequence_logprobs
+from .generation import Sample, generate_answers, pack_samples, packed_behaviour_logprobs, sequence_logprobs
 from .parse import parse_answer
 from .prompt import PromptConfig, build_prompt, recommendation_utterance
 from .rewards import RewardConfig, score_answer
@@ -56,6 +57,9 @@ class RLConfig:
     """Turns per episode (1: the single-turn ablation)."""
     max_new_tokens: int = 112
     """Longest answer (reasoning answers are ~90 tokens with the tiny tokenizer)."""
+    rollout_backend: str = "auto"
+    """'engine' (the rollout engine: G forks of one prefill, behaviour log-probs from sampling), 'hf' (HF
+    generate, then a forward for the behaviour log-probs) or 'auto' (the engine where it supports the model)."""
     rollout_batch_size: int = 16
     """Sequences (prompts x group_size) per generate call."""
     max_prompt_tokens: int = 768
@@ -80,7 +84,13 @@ class RLConfig:
     """Gradient clipping by global norm."""
     ensure_target_in_candidates: bool = True
     """Put the true target among the candidates when the retriever missed it (training only; without it, turns
-    whose candidates lack the target give the whole group zero recommendation reward and no signal)."""
+    whose candidates lack the target give the whole group zero recommendation reward and no signal). An inserted
+    target sits at a random position among items the retriever chose for the context, which evaluation never
+    shows (there the target is in the candidates only where the retriever put it)."""
+    require_target_in_candidates: bool = False
+    """Start episodes only from training turns whose first-turn retriever candidates contain the target (with
+    `ensure_target_in_candidates` off: RL then sees the candidate lists evaluation sees, and every first turn
+    carries a recommendation signal)."""
     simulator_sees_targets: bool = False
     """Pass the episode's targets to the simulator (the target-aware-simulator ablation; SMTPO's label-free
     simulator never sees them)."""
@@ -237,12 +247,28 @@ class GRPOTrainer:
         if not self.turns:
             raise ValueError("turns: no training turn has a context and a target in the catalog")
         self.candidate_fn, self.simulator = candidate_fn, simulator
+        if cfg.require_target_in_candidates:
+            self.turns = self._turns_with_target_retrieved(self.turns)
+            if not self.turns:
+                raise ValueError("require_target_in_candidates: the candidates of no training turn hold its target")
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, ConstantLR())
         self.output = Path(cfg.output_dir)
         self.step = 0
         self.metrics: list[dict] = []
+
+    def _turns_with_target_retrieved(self, turns: list[dict], batch: int = 256) -> list[dict]:
+        keep = []
+        for lo in range(0, len(turns), batch):
+            chunk = turns[lo:lo + batch]
+            retrieved = self.candidate_fn([{"context": t["context"], "context_item_ids": t["context_item_ids"],
+                                            "feedback": t.get("feedback", "")} for t in chunk])
+            for t, cands in zip(chunk, retrieved):
+                cands = [c for c in cands if c not in t["context_item_ids"]][:self.prompt.num_candidates]
+                if t["new_target_ids"][0] in cands:
+                    keep.append(t)
+        return keep
 
     # -- state ---------------------------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -272,7 +298,7 @@ class GRPOTrainer:
     def sample(self, prompts, group_size):
         return generate_answers(self.model, self.tokenizer, prompts, group_size, self.config.max_new_tokens,
                                 self.config.temperature, self.config.top_p, self.config.rollout_batch_size,
-                                self.config.max_prompt_tokens)
+                                self.config.max_prompt_tokens, self.config.rollout_backend)
 
     def train_step(self) -> dict:
         cfg = self.config
@@ -285,15 +311,18 @@ class GRPOTrainer:
         start = time.perf_counter()
         ids, attention, labels = pack_samples(samples, self.tokenizer.pad_token_id)
         ids, attention, labels = ids.to(self.device), attention.to(self.device), labels.to(self.device)
+        # Behaviour log-probs: the rollout engine's (same weights, temperature 1, no truncation), else a forward.
+        behaviour = packed_behaviour_logprobs(samples, ids.shape[1])
         with torch.no_grad():
-            old, ref, mask = [], [], []
+            old, ref = [], []
             for lo in range(0, len(samples), cfg.micro_batch):
                 sl = slice(lo, lo + cfg.micro_batch)
-                logp, m, _ = sequence_logprobs(self.model, ids[sl], attention[sl], labels[sl])
-                old.append(logp)
-                mask.append(m)
+                if behaviour is None:
+                    old.append(sequence_logprobs(self.model, ids[sl], attention[sl], labels[sl])[0])
                 ref.append(sequence_logprobs(self.reference, ids[sl], attention[sl], labels[sl])[0])
-            old_logp, ref_logp, mask = torch.cat(old), torch.cat(ref), torch.cat(mask)
+            mask = labels[:, 1:] != IGNORE_INDEX
+            ref_logp = torch.cat(ref)
+            old_logp = torch.cat(old) if behaviour is None else behaviour.to(self.device)
         advantages = token_advantages(groups, mask.cpu()).to(self.device)
         timing["logprob"] = time.perf_counter() - start
         start = time.perf_counter()
