@@ -58,6 +58,22 @@ def kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_rows, positi
     v_cache[rows, :, pos] = v_new.to(v_cache.dtype)
 
 
+def kv_cache_flat_index(cache_rows: torch.Tensor, positions: torch.Tensor, num_kv_heads: int,
+                        seq_len: int) -> torch.Tensor:
+    """``[N * Hkv]`` int64 rows of a ``[Bc, Hkv, S, D]`` cache viewed as ``[Bc * Hkv * S, D]``: where token ``i``'s
+    head ``h`` goes (``kv_cache_write``'s index; a caller appending to many layers builds it once)."""
+    heads = torch.arange(num_kv_heads, device=cache_rows.device)
+    return ((cache_rows.long()[:, None] * num_kv_heads + heads) * seq_len + positions.long()[:, None]).reshape(-1)
+
+
+def kv_cache_write(k_cache, v_cache, k_new, v_new, flat_index) -> None:
+    """``kv_cache_append_reference``'s writes, unchecked: one ``index_copy_`` per buffer into its flat view (about
+    10x cheaper on the CPU than ``index_put_`` over two dimensions). Caches must be contiguous."""
+    D = k_cache.shape[-1]
+    k_cache.view(-1, D).index_copy_(0, flat_index, k_new.reshape(-1, D).to(k_cache.dtype))
+    v_cache.view(-1, D).index_copy_(0, flat_index, v_new.reshape(-1, D).to(v_cache.dtype))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Host functions per backend
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,7 +242,8 @@ def kv_cache_append(
 
     One indexed write for all ``N`` tokens (a whole ragged prefill or one decode step), so the cache never grows or
     moves, and the call is capturable in a CUDA graph. Every backend uses torch's ``index_put_`` (already one fused
-    scatter kernel on each device); there is no separate kernel for it.
+    scatter kernel on each device: ``index_copy_`` into the flat view of contiguous caches); there is no separate
+    kernel for it.
 
     Args:
         k_cache: ``[Bc, Hkv, S, D]`` float32 | bfloat16 | float16 | float64, written in place.
@@ -254,4 +271,8 @@ def kv_cache_append(
     if cache_rows.shape[0] != N or positions.shape[0] != N:
         raise ValueError(f"cache_rows / positions: expected shape ({N},), got {tuple(cache_rows.shape)} / "
                          f"{tuple(positions.shape)}")
-    kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_rows, positions)
+    if k_cache.is_contiguous() and v_cache.is_contiguous():
+        kv_cache_write(k_cache, v_cache, k_new, v_new,
+                       kv_cache_flat_index(cache_rows, positions, k_cache.shape[1], k_cache.shape[2]))
+    else:
+        kv_cache_append_reference(k_cache, v_cache, k_new, v_new, cache_rows, positions)
