@@ -132,6 +132,13 @@ class EpisodeState:
     transcript: list[dict] = field(default_factory=list)
 
 
+def retrieve_candidates(candidate_fn: Callable[[list[dict]], list[list[str]]], queries: list[dict],
+                        num_candidates: int) -> list[list[str]]:
+    """`candidate_fn`'s ranking for each query without the items its context mentioned, cut to `num_candidates`."""
+    return [[c for c in cands if c not in q["context_item_ids"]][:num_candidates]
+            for q, cands in zip(queries, candidate_fn(queries))]
+
+
 def run_episodes(turns: list[dict], sample_fn: Callable[[list[list[dict]], int], list[list[Sample]]],
                  candidate_fn: Callable[[list[dict]], list[list[str]]], simulator, catalog, rng: random.Random,
                  config: RLConfig, prompt: PromptConfig, rewards: RewardConfig,
@@ -151,10 +158,8 @@ def run_episodes(turns: list[dict], sample_fn: Callable[[list[list[dict]], int],
         start = time.perf_counter()
         queries = [{"context": states[i].context, "context_item_ids": states[i].mentioned,
                     "feedback": states[i].feedback} for i in active]
-        retrieved = candidate_fn(queries)
         candidate_lists = []
-        for i, cands in zip(active, retrieved):
-            cands = [c for c in cands if c not in states[i].mentioned][:prompt.num_candidates]
+        for i, cands in zip(active, retrieve_candidates(candidate_fn, queries, prompt.num_candidates)):
             target = states[i].turn["new_target_ids"][0]
             if config.ensure_target_in_candidates:
                 cands = candidates_with_target(cands, target, prompt.num_candidates, rng)
@@ -262,10 +267,9 @@ class GRPOTrainer:
         keep = []
         for lo in range(0, len(turns), batch):
             chunk = turns[lo:lo + batch]
-            retrieved = self.candidate_fn([{"context": t["context"], "context_item_ids": t["context_item_ids"],
-                                            "feedback": t.get("feedback", "")} for t in chunk])
-            for t, cands in zip(chunk, retrieved):
-                cands = [c for c in cands if c not in t["context_item_ids"]][:self.prompt.num_candidates]
+            queries = [{"context": t["context"], "context_item_ids": t["context_item_ids"],
+                        "feedback": t.get("feedback", "")} for t in chunk]
+            for t, cands in zip(chunk, retrieve_candidates(self.candidate_fn, queries, self.prompt.num_candidates)):
                 if t["new_target_ids"][0] in cands:
                     keep.append(t)
         return keep
