@@ -190,3 +190,18 @@ def test_user_simulator_learns_the_handmade_dialogue(data, tmp_path):
         UserSimulator(model, tok, catalog, mode=LABEL_FREE).start(["555"])
     with pytest.raises(ValueError, match="mode"):
         UserSimulator(model, tok, catalog, mode="oracle")
+
+
+def test_target_aware_prompt_names_every_target(data):
+    """Acceptance is labelled 'the list holds any of the dialogue's targets', so the prompt must show all of them
+    (it once showed the first two: a third of ReDial's accepted turns then had a label the prompt could not
+    explain)."""
+    from smtpo_fast.simulator.tasks import feedback_prompt, system_prompt
+
+    catalog = data["catalog"]
+    system = system_prompt(TARGET_AWARE, ["555", "222", "444"], catalog, config=None)
+    for title in ("Ghostbusters (1984)", "Bridesmaids (2011)", "How to Train Your Dragon (2010)"):
+        assert title in system
+    prompt = feedback_prompt([{"role": "recommender", "text": "Try How to Train Your Dragon"}], ["444"], catalog,
+                             TARGET_AWARE, ["555", "222", "444"])
+    assert prompt[0]["content"] == system

@@ -291,7 +291,7 @@ def first_seeker_utterance(dialogue: Dialogue) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 def target_description(targets: list[str], catalog: Catalog | None, names: dict[str, str] | None = None,
                        config: TaskConfig | None = None) -> str:
-    return " or ".join(describe_item(t, catalog, names, config) for t in targets[:2])
+    return " or ".join(describe_item(t, catalog, names, config) for t in targets)
 
 
 def system_prompt(mode: str, targets: list[str] | None = None, catalog: Catalog | None = None,
