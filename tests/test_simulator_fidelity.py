@@ -145,3 +145,16 @@ def test_retriever_reference_uses_the_same_turns(setup):
     first = retriever_reference(FixedRetriever(), setup["dialogues"], setup["catalog"], target_prediction_turns=1)
     assert (first["target_recall@1"], first["target_recall@10"], first["n_target_prediction"]) == (1.0, 1.0, 1)
     assert first["attribute_precision"] == 0.5
+
+
+def test_tiny_preset_has_a_packaged_recipe_that_fits_ten_minutes():
+    """`smtpo train simulator --preset tiny` (no --config) trains with the packaged recipe, whose training
+    budgets leave room for the data, tokenizer and saving within the issue's 10 minutes."""
+    from smtpo_fast.simulator.cli import DEFAULT_RECIPES, _recipe
+
+    assert DEFAULT_RECIPES["tiny"].exists()
+    recipe = _recipe(None, "tiny")
+    assert set(recipe) >= {"sft", "label_free", "target_aware", "tasks", "tiny"}
+    assert 0 < recipe["label_free"]["max_minutes"] + recipe["target_aware"]["max_minutes"] <= 9
+    assert _recipe(None, "smollm2-135m") == {}
+    assert _recipe(str(DEFAULT_RECIPES["tiny"]), "smollm2-135m") == recipe

@@ -37,11 +37,17 @@ def _explicit(parser: argparse.ArgumentParser, args, cls, prefix: str = "") -> d
             if hasattr(args, prefix + f.name) and getattr(args, prefix + f.name) != defaults[f.name]}
 
 
-def _recipe(path: str | None) -> dict:
+DEFAULT_RECIPES = {"tiny": Path(__file__).resolve().parent.parent / "configs" / "simulator_tiny.yaml"}
+"""Recipes used when `--config` is not given (the tiny one fits 10 minutes on 2 CPU cores)."""
+
+
+def _recipe(path: str | None, preset: str | None = None) -> dict:
     """The YAML recipe: `sft` (SFTConfig fields for both simulators), `label_free` / `target_aware` (overrides per
-    simulator), `tiny` (TinyConfig), `tasks` (TaskConfig)."""
+    simulator), `tiny` (TinyConfig), `tasks` (TaskConfig). Without a path, the preset's built-in recipe if it has
+    one (`DEFAULT_RECIPES`)."""
     import yaml
 
+    path = path or DEFAULT_RECIPES.get(preset)
     if not path:
         return {}
     recipe = yaml.safe_load(Path(path).read_text()) or {}
@@ -71,7 +77,7 @@ def _train(args) -> int:
 
     _set_threads(args)
     parser = args._parser
-    recipe = _recipe(args.config)
+    recipe = _recipe(args.config, None if args.model else args.preset)
     root = _data_root(args)
     train_files = _files(args.train, [root / "redial" / "train_sample.jsonl"])
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -155,6 +161,9 @@ def _eval(args) -> int:
     summary_path = Path(args.sims) / "summary.json"
     base_tasks = TaskConfig(**json.loads(summary_path.read_text()).get("tasks", {})) if summary_path.exists() \
         else TaskConfig()
+    if not args.no_base and not summary_path.exists():
+        print(f"note: no {summary_path}: the base model is prompted with the default TaskConfig, not a recipe's "
+              "(e.g. explain_format); point --sims at the folder `smtpo train simulator` wrote to compare alike")
     report = {}
     for data_file in data_files:
         dialogues = list(read_dialogues(data_file, skip_bad=True))[:args.max_dialogues or None]
@@ -220,7 +229,7 @@ def add_commands(groups) -> None:
                     "openings for the target-aware one) from training dialogues and fine-tunes one model per "
                     "simulator with the shared SFT loop. Flags override the YAML recipe (--config).")
     _common(p)
-    p.add_argument("--config", default=None, help="YAML recipe (see configs/simulator_tiny.yaml)")
+    p.add_argument("--config", default=None, help="YAML recipe (default for --preset tiny: the packaged smtpo_fast/configs/simulator_tiny.yaml; see configs/)")
     p.add_argument("--train", default=None,
                    help="comma-separated ReDial JSONL / INSPIRED TSV files (default: <data>/redial/train_sample.jsonl)")
     p.add_argument("--out", default="runs/simulator", help="output folder; <out>/<mode>/final is each simulator")
