@@ -31,6 +31,16 @@ MOVIE_KG = {
     "333": {"dbpedia": "The Way, Way Back", "director": ["Nat Faxon", "Jim Rash"], "starring": ["Steve Carell"]},
 }
 
+SEEKER_ID, RECOMMENDER_ID = 10, 20
+_OFFSETS = (0, 5, 9, 12, 20, 25, 30, 35)
+
+
+def redial_messages(*utterances: tuple[str, str]) -> list[dict]:
+    """ReDial `messages` from ("S" | "R", text) pairs: seeker 10, recommender 20, ids from 1, fixed time offsets."""
+    return [{"timeOffset": _OFFSETS[i], "text": text, "senderWorkerId": SEEKER_ID if who == "S" else RECOMMENDER_ID,
+             "messageId": i + 1} for i, (who, text) in enumerate(utterances)]
+
+
 # Seeker 10, recommender 20. The recommender mentions @555 (new) in message 3 and @222 (already mentioned by the
 # seeker) plus @444 (new) in message 5; message 6 (seeker) mentions @111.
 DIALOGUE = {
@@ -40,16 +50,9 @@ DIALOGUE = {
                             "555": {"suggested": 1, "seen": 1, "liked": 1},
                             "444": {"suggested": 1, "seen": 0, "liked": 2},
                             "111": {"suggested": 0, "seen": 1, "liked": 0}},
-    "messages": [
-        {"timeOffset": 0, "text": "Hi, what do you like?", "senderWorkerId": 20, "messageId": 1},
-        {"timeOffset": 5, "text": "I loved @222", "senderWorkerId": 10, "messageId": 2},
-        {"timeOffset": 9, "text": "comedies mostly", "senderWorkerId": 10, "messageId": 3},
-        {"timeOffset": 12, "text": "Have you seen @555?", "senderWorkerId": 20, "messageId": 4},
-        {"timeOffset": 20, "text": "yes, loved it", "senderWorkerId": 10, "messageId": 5},
-        {"timeOffset": 25, "text": "Like @222 there is @444", "senderWorkerId": 20, "messageId": 6},
-        {"timeOffset": 30, "text": "I hated @111 though", "senderWorkerId": 10, "messageId": 7},
-        {"timeOffset": 35, "text": "bye", "senderWorkerId": 20, "messageId": 8},
-    ],
+    "messages": redial_messages(("R", "Hi, what do you like?"), ("S", "I loved @222"), ("S", "comedies mostly"),
+                                ("R", "Have you seen @555?"), ("S", "yes, loved it"), ("R", "Like @222 there is @444"),
+                                ("S", "I hated @111 though"), ("R", "bye")),
     "conversationId": "42",
     "respondentWorkerId": 20,
     "initiatorWorkerId": 10,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from _data_fixtures import DIALOGUE, write_data_dir
+from _data_fixtures import DIALOGUE, redial_messages, write_data_dir
 from smtpo_fast.data.catalog import load_catalog
 from smtpo_fast.data.redial import read_redial
 from smtpo_fast.simulator import LABEL_FREE, TARGET_AWARE, dialogue_episodes
@@ -27,14 +27,8 @@ REJECTING = {
                             "222": {"suggested": 1, "seen": 0, "liked": 1}},
     "initiatorQuestions": {"111": {"suggested": 1, "seen": 1, "liked": 0},
                            "222": {"suggested": 1, "seen": 0, "liked": 1}},
-    "messages": [
-        {"timeOffset": 0, "text": "Hi!", "senderWorkerId": 20, "messageId": 1},
-        {"timeOffset": 5, "text": "I like comedies", "senderWorkerId": 10, "messageId": 2},
-        {"timeOffset": 9, "text": "Try @111", "senderWorkerId": 20, "messageId": 3},
-        {"timeOffset": 12, "text": "not a fan of that one", "senderWorkerId": 10, "messageId": 4},
-        {"timeOffset": 20, "text": "Then @222?", "senderWorkerId": 20, "messageId": 5},
-        {"timeOffset": 25, "text": "sounds great", "senderWorkerId": 10, "messageId": 6},
-    ],
+    "messages": redial_messages(("R", "Hi!"), ("S", "I like comedies"), ("R", "Try @111"),
+                                ("S", "not a fan of that one"), ("R", "Then @222?"), ("S", "sounds great")),
     "conversationId": "43", "respondentWorkerId": 20, "initiatorWorkerId": 10,
 }
 REJECTING_HISTORY = ("Conversation so far:\nRecommender: Hi!\nSeeker: I like comedies\n"
