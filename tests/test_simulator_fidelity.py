@@ -158,3 +158,24 @@ def test_tiny_preset_has_a_packaged_recipe_that_fits_ten_minutes():
     assert 0 < recipe["label_free"]["max_minutes"] + recipe["target_aware"]["max_minutes"] <= 9
     assert _recipe(None, "smollm2-135m") == {}
     assert _recipe(str(DEFAULT_RECIPES["tiny"]), "smollm2-135m") == recipe
+
+
+def test_base_rows_are_prompted_with_the_recipe(tmp_path):
+    """The prompted base model gets the training recipe's prompt settings: --config first, then the summary that
+    `smtpo train simulator` wrote, else the defaults (reported as such)."""
+    from smtpo_fast.simulator.cli import base_prompt_settings
+    from smtpo_fast.simulator.tasks import TaskConfig
+
+    sims = tmp_path / "sims"
+    sims.mkdir()
+    assert base_prompt_settings(None, sims) == (TaskConfig(), None)
+    (sims / "summary.json").write_text(json.dumps({"tasks": {"history_utterances": 2, "explain_format": True}}))
+    tasks, source = base_prompt_settings(None, sims)
+    assert (tasks.history_utterances, tasks.explain_format, source) == (2, True, str(sims / "summary.json"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("tasks: {history_utterances: 5}\n")
+    tasks, source = base_prompt_settings(str(recipe), sims)
+    assert (tasks.history_utterances, tasks.explain_format, source) == (5, False, str(recipe))
+    recipe.write_text("tasks: {history_turns: 5}\n")
+    with pytest.raises(ValueError, match="unknown TaskConfig field"):
+        base_prompt_settings(str(recipe), sims)

@@ -130,6 +130,20 @@ def _train(args) -> int:
     return 0
 
 
+def base_prompt_settings(config: str | None, sims: str | Path):
+    """(TaskConfig, where it came from) for the prompted base rows of `eval simulator`, so that the base is asked
+    as the SFT simulators were trained: the recipe's `tasks:` (`config`), else those `smtpo train simulator`
+    recorded in `<sims>/summary.json`, else the defaults (source None)."""
+    from .tasks import TaskConfig
+
+    summary = Path(sims) / "summary.json"
+    if config:
+        return _checked(TaskConfig, _recipe(config).get("tasks", {}), f"{config} (tasks)"), str(config)
+    if summary.exists():
+        return TaskConfig(**json.loads(summary.read_text()).get("tasks", {})), str(summary)
+    return TaskConfig(), None
+
+
 def _eval(args) -> int:
     import torch
 
@@ -158,12 +172,10 @@ def _eval(args) -> int:
             candidates.append((f"{m.replace('_', '-')} SFT", final, m))
         else:
             print(f"no {final}: skipping the {m} SFT simulator")
-    summary_path = Path(args.sims) / "summary.json"
-    base_tasks = TaskConfig(**json.loads(summary_path.read_text()).get("tasks", {})) if summary_path.exists() \
-        else TaskConfig()
-    if not args.no_base and not summary_path.exists():
-        print(f"note: no {summary_path}: the base model is prompted with the default TaskConfig, not a recipe's "
-              "(e.g. explain_format); point --sims at the folder `smtpo train simulator` wrote to compare alike")
+    base_tasks, source = base_prompt_settings(args.config, args.sims)
+    if source is None and not args.no_base:
+        print(f"note: neither --config nor {Path(args.sims) / 'summary.json'}: the base model is prompted with the "
+              "default TaskConfig, not a recipe's (e.g. explain_format)")
     report = {}
     for data_file in data_files:
         dialogues = list(read_dialogues(data_file, skip_bad=True))[:args.max_dialogues or None]
@@ -229,7 +241,8 @@ def add_commands(groups) -> None:
                     "openings for the target-aware one) from training dialogues and fine-tunes one model per "
                     "simulator with the shared SFT loop. Flags override the YAML recipe (--config).")
     _common(p)
-    p.add_argument("--config", default=None, help="YAML recipe (default for --preset tiny: the packaged smtpo_fast/configs/simulator_tiny.yaml; see configs/)")
+    p.add_argument("--config", default=None, help="YAML recipe (default for --preset tiny: the packaged "
+                                                  "smtpo_fast/configs/simulator_tiny.yaml; see configs/)")
     p.add_argument("--train", default=None,
                    help="comma-separated ReDial JSONL / INSPIRED TSV files (default: <data>/redial/train_sample.jsonl)")
     p.add_argument("--out", default="runs/simulator", help="output folder; <out>/<mode>/final is each simulator")
@@ -247,6 +260,9 @@ def add_commands(groups) -> None:
                     "turns of test dialogues.")
     _common(p)
     p.add_argument("--sims", default="runs/simulator", help="folder written by `smtpo train simulator`")
+    p.add_argument("--config", default=None,
+                   help="the training recipe: the base rows get its prompt settings (`tasks:`; default: those in "
+                        "<sims>/summary.json)")
     p.add_argument("--data", default=None, help="comma-separated test files (default: <data>/redial/test_public.jsonl;"
                                                 " add <data>/inspired/dev.tsv for INSPIRED)")
     p.add_argument("--max-dialogues", type=int, default=0, help="evaluate the first N dialogues of each file (0: all)")
