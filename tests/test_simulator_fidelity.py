@@ -23,7 +23,7 @@ _one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 class ScriptedSimulator(UserSimulator):
     """Replies chosen from the prompt, so the metrics are known exactly."""
 
-    def generate(self, prompts, max_new_tokens=None, num_return_sequences=1, num_beams=1):
+    def generate(self, prompts, max_new_tokens=None, num_return_sequences=1, num_beams=1, allowed_next=None):
         out = []
         for prompt in prompts:
             user = prompt[-1]["content"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..data.catalog import Catalog
+from .constrained import TitleTrie
 from .feedback import Feedback, parse_feedback
 from .tasks import (ATTRIBUTES_INSTRUCTION, LABEL_FREE, TARGET_AWARE, TARGET_INSTRUCTION, TaskConfig,
                     feedback_prompt, history_prompt, opening_prompt, parse_attribute_line)
@@ -78,8 +79,9 @@ class UserSimulator:
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[list[dict]], max_new_tokens: int | None = None, num_return_sequences: int = 1,
-                 num_beams: int = 1) -> list[list[str]]:
-        """Replies to chat prompts: `num_return_sequences` strings per prompt (special tokens removed)."""
+                 num_beams: int = 1, allowed_next=None) -> list[list[str]]:
+        """Replies to chat prompts: `num_return_sequences` strings per prompt (special tokens removed).
+        `allowed_next(reply_token_ids) -> token ids` constrains decoding (e.g. `TitleTrie.allowed`)."""
         cfg = self.generation
         device = next(self.model.parameters()).device
         was_training = self.model.training
@@ -93,6 +95,9 @@ class UserSimulator:
             kwargs = dict(max_new_tokens=max_new_tokens or cfg.max_new_tokens, do_sample=sample,
                           num_return_sequences=num_return_sequences, num_beams=num_beams,
                           eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+            if allowed_next is not None:
+                prompt_len = enc["input_ids"].shape[1]
+                kwargs["prefix_allowed_tokens_fn"] = lambda _, ids: allowed_next(ids[prompt_len:].tolist())
             if sample:
                 kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
             else:
@@ -141,17 +146,26 @@ class UserSimulator:
         """The seeker's opening utterance of an interactive evaluation dialogue whose target is `target_items`."""
         return self.start_batch([target_items])[0]
 
+    def title_trie(self) -> TitleTrie:
+        """The token trie of the catalog's titles (built on first use)."""
+        if getattr(self, "_trie", None) is None:
+            self._trie = TitleTrie.for_catalog(self.tokenizer, self.catalog)
+        return self._trie
+
     # -- the auxiliary tasks (what fidelity evaluation measures) -------------------------------------------------
     def predict_attributes(self, dialogues: list[list[dict]]) -> list[list[str]]:
         """Attribute alignment: typed attributes ('genre:comedy', ...) the seeker's target has, from history."""
         replies = self.generate([history_prompt(d, ATTRIBUTES_INSTRUCTION, self.tasks) for d in dialogues])
         return [parse_attribute_line(r[0]) for r in replies]
 
-    def predict_targets(self, dialogues: list[list[dict]], k: int = 10) -> list[list[str]]:
+    def predict_targets(self, dialogues: list[list[dict]], k: int = 10, constrained: bool = True) -> list[list[str]]:
         """Target prediction: up to `k` distinct catalog ids (beam search, best first; names the catalog cannot
-        resolve are dropped)."""
+        resolve are dropped). `constrained` (with a catalog): the beams may only spell catalog titles
+        (`TitleTrie`), so the k beams are k catalog items."""
         prompts = [history_prompt(d, TARGET_INSTRUCTION, self.tasks) for d in dialogues]
-        replies = self.generate(prompts, max_new_tokens=24, num_return_sequences=k, num_beams=k)
+        trie = self.title_trie() if constrained and self.catalog is not None else None
+        replies = self.generate(prompts, max_new_tokens=min(trie.depth, 48) if trie else 24, num_return_sequences=k,
+                                num_beams=k, allowed_next=trie.allowed if trie else None)
         out = []
         for names in replies:
             ids = []
