@@ -45,8 +45,30 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
+GIVEN = "_given_flags"
+"""Namespace attribute: the dests of the config flags the user typed (see `given_flags`)."""
+
+
+def _recording(action_cls):
+    """`action_cls` that also records its dest in the namespace's GIVEN set when the flag is on the command line."""
+
+    class Recording(action_cls):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            given = set(getattr(namespace, GIVEN, ()))
+            given.add(self.dest)
+            setattr(namespace, GIVEN, given)
+
+    return Recording
+
+
+_STORE, _BOOL = _recording(argparse._StoreAction), _recording(argparse.BooleanOptionalAction)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=(), prefix: str = "") -> None:
-    """One `--flag` per dataclass field, typed from its default, with the field's docstring as help."""
+    """One `--flag` per dataclass field, typed from its default, with the field's docstring as help. Which flags
+    were typed is recorded (`given_flags`), so a YAML recipe is overridden by exactly those, also when a typed value
+    equals the field's default."""
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -55,11 +77,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=(), prefix: 
         default = f.default
         help_text = f"{docs.get(f.name, '')} (default: {default})"
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=prefix + f.name, default=default, action=argparse.BooleanOptionalAction,
-                                help=help_text)
+            parser.add_argument(flag, dest=prefix + f.name, default=default, action=_BOOL, help=help_text)
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(flag, dest=prefix + f.name, type=kind, default=default, help=help_text)
+            parser.add_argument(flag, dest=prefix + f.name, type=kind, default=default, action=_STORE,
+                                help=help_text)
+
+
+def given_flags(args: argparse.Namespace, cls, prefix: str = "") -> dict:
+    """{field: value} of the `cls` fields whose flags (added by `add_config_arguments`) were on the command line."""
+    given = getattr(args, GIVEN, set())
+    return {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls) if prefix + f.name in given}
 
 
 def config_from_args(cls, args: argparse.Namespace, prefix: str = "", **overrides):

@@ -30,13 +30,6 @@ def _set_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
-def _explicit(parser: argparse.ArgumentParser, args, cls, prefix: str = "") -> dict:
-    """Config fields whose flags the user actually gave (so YAML values are not overwritten by defaults)."""
-    defaults = {f.name: parser.get_default(prefix + f.name) for f in fields(cls)}
-    return {f.name: getattr(args, prefix + f.name) for f in fields(cls)
-            if hasattr(args, prefix + f.name) and getattr(args, prefix + f.name) != defaults[f.name]}
-
-
 DEFAULT_RECIPES = {"tiny": Path(__file__).resolve().parent.parent / "configs" / "simulator_tiny.yaml"}
 """Recipes used when `--config` is not given (the tiny one fits 10 minutes on 2 CPU cores)."""
 
@@ -68,6 +61,7 @@ def _checked(cls, values: dict, where: str):
 def _train(args) -> int:
     import torch
 
+    from ..cli import given_flags
     from ..data.catalog import load_catalog
     from ..data.paths import cache_dir
     from ..models import TinyConfig, build_tiny, corpus_texts, load_model, resolve_model
@@ -76,7 +70,6 @@ def _train(args) -> int:
     from .tasks import TaskConfig, build_examples
 
     _set_threads(args)
-    parser = args._parser
     recipe = _recipe(args.config, None if args.model else args.preset)
     root = _data_root(args)
     train_files = _files(args.train, [root / "redial" / "train_sample.jsonl"])
@@ -85,7 +78,7 @@ def _train(args) -> int:
     if bad:
         raise SystemExit(f"--modes: unknown {bad}; choose from {MODES}")
     tasks = _checked(TaskConfig, recipe.get("tasks", {}), "tasks")
-    cli_sft = _explicit(parser, args, SFTConfig)
+    cli_sft = given_flags(args, SFTConfig)
     configs = {mode: _checked(SFTConfig, {**recipe.get("sft", {}), **recipe.get(mode, {}), **cli_sft,
                                           "output_dir": str(Path(args.out) / mode)},
                               f"{args.config or 'flags'} ({mode})") for mode in modes}
@@ -96,7 +89,7 @@ def _train(args) -> int:
     if model_name == "tiny":
         tiny_dir = cache_dir() / "models" / "tiny"
         if args.rebuild_tiny or not (tiny_dir / "config.json").exists():
-            tiny = _checked(TinyConfig, {**recipe.get("tiny", {}), **_explicit(parser, args, TinyConfig, "tiny-")},
+            tiny = _checked(TinyConfig, {**recipe.get("tiny", {}), **given_flags(args, TinyConfig, "tiny-")},
                             "tiny")
             templates = [msg["content"] for m in modes for e in examples[m][:200] for msg in e["messages"]]
             print(f"building the tiny preset at {tiny_dir} (tokenizer trained on {', '.join(map(str, train_files))} "
@@ -251,7 +244,7 @@ def add_commands(groups) -> None:
     p.add_argument("--rebuild-tiny", action="store_true", help="rebuild the tiny preset (tokenizer and init)")
     add_config_arguments(p, SFTConfig, skip=("output_dir",))
     add_config_arguments(p, TinyConfig, prefix="tiny-")
-    p.set_defaults(handler=_train, _parser=p)
+    p.set_defaults(handler=_train)
 
     p = groups["eval"].add_parser(
         "simulator", help="fidelity table of the prompted base model and the SFT simulators",
