@@ -123,6 +123,39 @@ def test_train_and_eval_commands(setup, tmp_path, monkeypatch):
         main(["train", "simulator", "--data-dir", str(setup["root"]), "--config", str(config), "--out", str(out)])
 
 
+def test_second_stage_from_an_adapter_on_chosen_tasks(setup, tmp_path, monkeypatch):
+    """`--init-adapter` continues a saved LoRA simulator; `--tasks` keeps only the named tasks' examples."""
+    from safetensors.torch import load_file
+
+    from smtpo_fast.cli import main
+    from smtpo_fast.simulator.tasks import build_examples
+
+    monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
+    config = tmp_path / "recipe.yaml"
+    config.write_text("sft: {batch_size: 2, lr: 0.01, warmup_steps: 1, max_length: 256, max_steps: 2}\n"
+                      "tiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, "
+                      "intermediate_size: 64}\n")
+    common = ["train", "simulator", "--data-dir", str(setup["root"]), "--train",
+              str(setup["root"] / "redial" / "test_public.jsonl"), "--config", str(config), "--modes", "label_free",
+              "--no-progress"]
+    first, second = tmp_path / "stage1", tmp_path / "stage2"
+    assert main(common + ["--out", str(first), "--lora-r", "4"]) == 0
+    assert main(common + ["--out", str(second), "--init-adapter", str(first / "{mode}" / "final"),
+                          "--tasks", "target"]) == 0
+    targets = [e for e in build_examples([setup["root"] / "redial" / "test_public.jsonl"], setup["catalog"],
+                                         LABEL_FREE) if e["task"] == "target"]
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["simulators"]["label_free"]["examples"] == len(targets) > 0
+    assert summary["init_adapter"].endswith("{mode}/final") and summary["task_filter"] == "target"
+    before = load_file(first / "label_free" / "final" / "adapter_model.safetensors")
+    after = load_file(second / "label_free" / "final" / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and any(not (before[k] == after[k]).all() for k in before)
+    with pytest.raises(SystemExit, match="--tasks"):
+        main(common + ["--out", str(tmp_path / "bad"), "--tasks", "targets"])
+    with pytest.raises(SystemExit, match="--init-adapter"):
+        main(common + ["--out", str(tmp_path / "bad"), "--init-adapter", str(tmp_path)])
+
+
 def test_retriever_reference_uses_the_same_turns(setup):
     from smtpo_fast.simulator.fidelity import retriever_reference
 

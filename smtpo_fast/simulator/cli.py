@@ -10,6 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 MODES = ("label_free", "target_aware")
+TASK_NAMES = {"feedback", "attributes", "target", "opening"}
 LABEL_FREE_MODE = MODES[0]
 
 
@@ -85,6 +86,15 @@ def _train(args) -> int:
     wall = time.time()
     catalog = load_catalog(root)
     examples = {m: build_examples(train_files, catalog, m, tasks, max_dialogues=args.max_dialogues) for m in modes}
+    if args.tasks:  # e.g. a second stage on the target task alone, from --init-adapter
+        keep = {t.strip() for t in args.tasks.split(",") if t.strip()}
+        unknown = sorted(keep - TASK_NAMES)
+        if unknown:
+            raise SystemExit(f"--tasks: unknown {unknown}; choose from {sorted(TASK_NAMES)}")
+        examples = {m: [e for e in ex if e["task"] in keep] for m, ex in examples.items()}
+        empty = [m for m, ex in examples.items() if not ex]
+        if empty:
+            raise SystemExit(f"--tasks {args.tasks}: no examples left for {empty}")
     model_name = args.model or args.preset
     if model_name == "tiny":
         tiny_dir = cache_dir() / "models" / "tiny"
@@ -97,12 +107,16 @@ def _train(args) -> int:
             build_tiny(tiny_dir, corpus_texts(train_files, catalog, templates), tiny)
     base_path = resolve_model(model_name, allow_download=args.allow_download)
     summary = {"model": str(base_path), "preset": model_name, "tasks": asdict(tasks), "train_files": [str(p) for p in train_files],
+               "task_filter": args.tasks, "init_adapter": args.init_adapter,
                "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads "
                           f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}",
                "simulators": {}}
     for mode in modes:
         config = configs[mode]
-        model, tokenizer = load_model(base_path, lora_r=args.lora_r, seed=config.seed)
+        init = Path(args.init_adapter.format(mode=mode)) if args.init_adapter else None
+        if init is not None and not (init / "adapter_config.json").exists():
+            raise SystemExit(f"--init-adapter: {init} holds no adapter_config.json (expected <sims>/<mode>/final)")
+        model, tokenizer = load_model(base_path, lora_r=args.lora_r, seed=config.seed, adapter=init)
         print(f"[{mode}] {len(examples[mode])} examples, {config.max_steps or config.epochs} "
               f"{'steps' if config.max_steps else 'epochs'}, output {config.output_dir}")
         result = SFTTrainer(model, tokenizer, examples[mode], config).train()
@@ -241,6 +255,12 @@ def add_commands(groups) -> None:
     p.add_argument("--out", default="runs/simulator", help="output folder; <out>/<mode>/final is each simulator")
     p.add_argument("--max-dialogues", type=int, default=None, help="use only the first N training dialogues")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: full fine-tuning)")
+    p.add_argument("--init-adapter", default=None,
+                   help="start from a saved LoRA adapter instead of a fresh one ('{mode}' is replaced by the "
+                        "simulator's mode, e.g. runs/simulator/{mode}/final); --lora-r is then ignored")
+    p.add_argument("--tasks", default=None,
+                   help="train on these tasks only (comma-separated: feedback, attributes, target, opening; "
+                        "default: all of each simulator's)")
     p.add_argument("--rebuild-tiny", action="store_true", help="rebuild the tiny preset (tokenizer and init)")
     add_config_arguments(p, SFTConfig, skip=("output_dir",))
     add_config_arguments(p, TinyConfig, prefix="tiny-")
