@@ -187,6 +187,22 @@ def test_time_budget_shrinks_the_schedule(model_dir, tmp_path):
     assert (tmp_path / "run" / "final" / "config.json").exists()
 
 
+def test_time_budget_uses_the_recent_speed_not_the_start_up(model_dir, tmp_path):
+    """A slow start (kernel compilation, caches) must not shrink the schedule to what the start-up speed allows."""
+    from types import SimpleNamespace
+
+    model, tok = load_model(model_dir)
+    trainer = SFTTrainer(model, tok, EXAMPLES, _config(tmp_path, max_steps=1000, warmup_steps=2, max_minutes=4))
+    bar = SimpleNamespace(total=1000)
+    trainer.step, trainer.elapsed = 20, 60.0  # 50 s of start-up, then 19 steps of 0.5 s
+    trainer.step_seconds.extend([0.5] * 19)
+    trainer._fit_schedule_to_budget(240.0, bar)
+    assert trainer.total_steps == bar.total == 20 + int(180 / 0.5)  # not 20 * 240 / 60 = 80
+    assert trainer.scheduler.lr_lambdas[0].total == 380
+    trainer._fit_schedule_to_budget(1e6, bar)  # never grows
+    assert trainer.total_steps == 380
+
+
 @pytest.mark.parametrize("backend, device", backend_device_pairs())
 def test_sft_loss_matches_float64_cross_entropy(model_dir, backend, device, monkeypatch):
     """The trainer's loss (fused token_logprobs on the shifted, strided logits) on every backend built here,

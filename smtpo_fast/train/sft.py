@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ class SFTTrainer:
         self.losses: list[float] = []
         self.tokens_seen = 0
         self.elapsed = 0.0
+        self.step_seconds: deque[float] = deque(maxlen=20)  # the recent steps' durations (the budget's speed)
         self._stop_requested = False
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -178,10 +180,14 @@ class SFTTrainer:
         self._stop_requested = True
 
     def _fit_schedule_to_budget(self, budget_s: float, bar) -> None:
-        """Shrink total_steps (never grow it) to the steps the time budget allows at the speed so far, so the
-        cosine still reaches its floor when the budget ends. The schedule object is in the scheduler's state, so
-        a resume continues the shrunk schedule."""
-        projected = int(self.step * budget_s / max(self.elapsed, 1e-9))
+        """Shrink total_steps (never grow it) to the steps the time budget allows: the time left at the speed of
+        the recent steps (not the mean since the start, which counts start-up work such as kernel compilation:
+        on a GPU the first steps' compilation once shrank 960 affordable steps to 256), so the cosine still
+        reaches its floor when the budget ends. The schedule object is in the scheduler's state, so a resume
+        continues the shrunk schedule."""
+        recent = self.step_seconds or [self.elapsed / max(self.step, 1)]
+        per_step = max(sum(recent) / len(recent), 1e-9)
+        projected = self.step + int(max(0.0, budget_s - self.elapsed) / per_step)
         if projected < self.total_steps:
             self.total_steps = max(self.step, projected)
             self.scheduler.lr_lambdas[0].total = self.total_steps
@@ -240,6 +246,7 @@ class SFTTrainer:
                 self.tokens_seen += tokens
                 window_tokens += tokens
                 self.elapsed += time.perf_counter() - start
+                self.step_seconds.append(time.perf_counter() - start)
                 self.losses.append(step_loss)
                 bar.update(1)
                 if cfg.max_minutes and self.step >= max(cfg.warmup_steps, 5):
