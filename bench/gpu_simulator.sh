@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SFT of the SmolLM2 user simulator(s) on a lent GPU (no network there), then a quick GPU fidelity check of what
-# it trained. The full evaluation runs where the data lives: `smtpo eval simulator` (docs/simulator.md).
+# it trained. The full evaluation runs where the data lives: `smtpo eval simulator` (docs/simulator.md); the
+# label-free recipe's second stage runs on the CPU (configs/simulator_smollm2_stage2.yaml).
 #
 #   bash bench/gpu_simulator.sh "$OUT"      # MODES=label_free (default) or label_free,target_aware
 #
