@@ -87,18 +87,28 @@ def test_reply_nll_scores_only_the_reply_tokens(setup):
     assert math.isfinite(nll) and nll > 0
 
 
+TINY_SHAPE = ("tiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, "
+              "intermediate_size: 64}\n")
+
+
+def _train_command(setup, tmp_path, monkeypatch, recipe: str) -> list[str]:
+    """`smtpo train simulator` arguments on the handmade data with `recipe` (plus a 1-layer tiny shape), caches
+    under tmp_path."""
+    monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
+    config = tmp_path / "recipe.yaml"
+    config.write_text(recipe + TINY_SHAPE)
+    return ["train", "simulator", "--data-dir", str(setup["root"]), "--train",
+            str(setup["root"] / "redial" / "test_public.jsonl"), "--config", str(config), "--no-progress"]
+
+
 def test_train_and_eval_commands(setup, tmp_path, monkeypatch):
     from smtpo_fast.cli import main
 
-    monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
-    config = tmp_path / "recipe.yaml"
-    config.write_text("sft: {batch_size: 2, lr: 0.003, warmup_steps: 1, max_length: 256}\nlabel_free: {max_steps: 3}\n"
-                      "target_aware: {max_steps: 2}\ntasks: {history_utterances: 3}\ntiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, "
-                      "num_heads: 2, num_kv_heads: 1, intermediate_size: 64}\n")
+    train = _train_command(setup, tmp_path, monkeypatch,
+                           "sft: {batch_size: 2, lr: 0.003, warmup_steps: 1, max_length: 256}\nlabel_free: {max_steps: 3}\n"
+                           "target_aware: {max_steps: 2}\ntasks: {history_utterances: 3}\n")
     out = tmp_path / "sims"
-    assert main(["train", "simulator", "--data-dir", str(setup["root"]), "--train",
-                 str(setup["root"] / "redial" / "test_public.jsonl"), "--config", str(config), "--out", str(out),
-                 "--no-progress", "--lr", "0.004"]) == 0
+    assert main(train + ["--out", str(out), "--lr", "0.004"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["simulators"]["label_free"]["steps"] == 3 and summary["simulators"]["target_aware"]["steps"] == 2
     assert summary["simulators"]["label_free"]["config"]["lr"] == 0.004  # the flag beats the YAML
@@ -119,8 +129,8 @@ def test_train_and_eval_commands(setup, tmp_path, monkeypatch):
         "tiny prompted (no SFT) [label-free]", "tiny prompted (no SFT) [target-aware]",
         "label-free SFT [label-free]", "target-aware SFT [target-aware]"}
     with pytest.raises(ValueError, match="unknown SFTConfig field"):
-        config.write_text("sft: {learning_rate: 1}\n")
-        main(["train", "simulator", "--data-dir", str(setup["root"]), "--config", str(config), "--out", str(out)])
+        (tmp_path / "recipe.yaml").write_text("sft: {learning_rate: 1}\n")
+        main(train + ["--out", str(out)])
 
 
 def test_second_stage_from_an_adapter_on_chosen_tasks(setup, tmp_path, monkeypatch):
@@ -130,14 +140,8 @@ def test_second_stage_from_an_adapter_on_chosen_tasks(setup, tmp_path, monkeypat
     from smtpo_fast.cli import main
     from smtpo_fast.simulator.tasks import build_examples
 
-    monkeypatch.setenv("SMTPO_CACHE_DIR", str(tmp_path / "cache"))
-    config = tmp_path / "recipe.yaml"
-    config.write_text("sft: {batch_size: 2, lr: 0.01, warmup_steps: 1, max_length: 256, max_steps: 2}\n"
-                      "tiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, "
-                      "intermediate_size: 64}\n")
-    common = ["train", "simulator", "--data-dir", str(setup["root"]), "--train",
-              str(setup["root"] / "redial" / "test_public.jsonl"), "--config", str(config), "--modes", "label_free",
-              "--no-progress"]
+    common = _train_command(setup, tmp_path, monkeypatch, "sft: {batch_size: 2, lr: 0.01, warmup_steps: 1, "
+                            "max_length: 256, max_steps: 2}\n") + ["--modes", "label_free"]
     first, second = tmp_path / "stage1", tmp_path / "stage2"
     assert main(common + ["--out", str(first), "--lora-r", "4"]) == 0
     assert main(common + ["--out", str(second), "--init-adapter", str(first / "{mode}" / "final"),
