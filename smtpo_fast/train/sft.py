@@ -245,8 +245,9 @@ class SFTTrainer:
                 tokens = int(sum(int(b.attention_mask.sum()) for b in batches))
                 self.tokens_seen += tokens
                 window_tokens += tokens
-                self.elapsed += time.perf_counter() - start
-                self.step_seconds.append(time.perf_counter() - start)
+                took = time.perf_counter() - start
+                self.elapsed += took
+                self.step_seconds.append(took)
                 self.losses.append(step_loss)
                 bar.update(1)
                 if cfg.max_minutes and self.step >= max(cfg.warmup_steps, 5):
