@@ -85,6 +85,32 @@ def test_save_and_load_give_the_same_ranking(synth, trained, tmp_path):
     np.testing.assert_allclose(a_scores, b_scores, rtol=1e-5, atol=1e-5)
 
 
+def test_hold_out_scores_training_dialogues_out_of_fold(synth, trained, tmp_path):
+    _, catalog, train, test = synth
+    trained.save(tmp_path / "model")
+    held = DualViewRetriever.load(tmp_path / "model", catalog).hold_out(train)
+    scored = [t for t in train if t["context"] and t["new_target_ids"]][:150]
+    own_items = held.dialogue_items(train)
+    fold_of = held._held_out["fold_of"]
+    for t in scored[:10]:  # a training turn is scored by the model of the other folds' dialogues
+        fold, collab, rotation = held._collab_for(t)
+        assert fold == fold_of[t["dialogue_id"]] and rotation is not None
+        in_fold = np.zeros_like(collab.popularity)
+        for d, items in own_items.items():
+            if fold_of[d] == fold:
+                in_fold[items] += 1
+        assert in_fold[own_items[t["dialogue_id"]]].min() >= 1
+        np.testing.assert_array_equal(collab.popularity, trained.collab.popularity - in_fold)
+    assert held.topk(scored, 10)[0] != trained.topk(scored, 10)[0]
+    # Dialogues outside training are scored by the full model, as before.
+    assert not {t["dialogue_id"] for t in test} & set(own_items)
+    assert held.topk(test[:16], 10)[0] == trained.topk(test[:16], 10)[0]
+    # Rows of both kinds in one call are each scored by their own model.
+    mixed = held.score(scored[:8] + test[:8])
+    np.testing.assert_allclose(mixed[:8], held.score(scored[:8]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mixed[8:], trained.score(test[:8]), rtol=1e-5, atol=1e-5)
+
+
 def test_bm25_and_comention_basics():
     bm25 = BM25(["space opera with robots", "romantic comedy in paris", "robots in paris"])
     scores = bm25.scores("robots robots")
