@@ -199,8 +199,12 @@ def test_time_budget_uses_the_recent_speed_not_the_start_up(model_dir, tmp_path)
     trainer._fit_schedule_to_budget(240.0, bar)
     assert trainer.total_steps == bar.total == 20 + int(180 / 0.5)  # not 20 * 240 / 60 = 80
     assert trainer.scheduler.lr_lambdas[0].total == 380
-    trainer._fit_schedule_to_budget(1e6, bar)  # never grows
-    assert trainer.total_steps == 380
+    # Faster steps later give the budget's steps back, never more than were configured.
+    trainer.step_seconds.extend([0.25] * 20)
+    trainer._fit_schedule_to_budget(240.0, bar)
+    assert trainer.total_steps == bar.total == trainer.scheduler.lr_lambdas[0].total == 20 + int(180 / 0.25)
+    trainer._fit_schedule_to_budget(1e6, bar)
+    assert trainer.total_steps == 1000
 
 
 @pytest.mark.parametrize("backend, device", backend_device_pairs())

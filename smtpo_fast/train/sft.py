@@ -100,6 +100,8 @@ class SFTTrainer:
                               packing=cfg.packing, max_length=cfg.max_length, bucket_size=cfg.bucket_size)
         steps_per_epoch = max(1, self.plan.batches_per_epoch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+        self.planned_steps = self.total_steps
+        """The configured length; a time budget fits `total_steps` at or below it."""
         decay, no_decay = [], []
         for p in self.model.parameters():
             if p.requires_grad:
@@ -137,7 +139,7 @@ class SFTTrainer:
         state, rng = load_checkpoint(folder, self.model, self.optimizer, self.scheduler)
         self.step, self.micro_step = state["step"], state["micro_step"]
         self.losses, self.tokens_seen, self.elapsed = list(state["losses"]), state["tokens"], state["elapsed"]
-        if self.config.max_minutes:  # a budget-shrunk schedule continues as shrunk
+        if self.config.max_minutes:  # a budget-fitted schedule continues as fitted (the next step refits it)
             self.total_steps = min(self.total_steps, state["total_steps"])
         restore_rng(rng)
         return True
@@ -180,16 +182,19 @@ class SFTTrainer:
         self._stop_requested = True
 
     def _fit_schedule_to_budget(self, budget_s: float, bar) -> None:
-        """Shrink total_steps (never grow it) to the steps the time budget allows: the time left at the speed of
-        the recent steps (not the mean since the start, which counts start-up work such as kernel compilation:
-        on a GPU the first steps' compilation once shrank 960 affordable steps to 256), so the cosine still
-        reaches its floor when the budget ends. The schedule object is in the scheduler's state, so a resume
-        continues the shrunk schedule."""
+        """Fit total_steps to the steps the time budget allows, between the current step and the configured
+        total: the time left at the speed of the recent steps (not the mean since the start, which counts
+        start-up work such as kernel compilation: on a GPU the first steps' compilation once shrank 960
+        affordable steps to 256), so the cosine still reaches its floor when the budget ends. It grows back
+        when the speed recovers: a slow stretch (another job on a shared CPU) once cut a simulator run that had
+        8 minutes to 262 of its 600 steps, finished in 2. The schedule object is in the scheduler's state, so a
+        resume continues the fitted schedule."""
         recent = self.step_seconds or [self.elapsed / max(self.step, 1)]
         per_step = max(sum(recent) / len(recent), 1e-9)
         projected = self.step + int(max(0.0, budget_s - self.elapsed) / per_step)
-        if projected < self.total_steps:
-            self.total_steps = max(self.step, projected)
+        fitted = min(self.planned_steps, max(self.step, projected))
+        if fitted != self.total_steps:
+            self.total_steps = fitted
             self.scheduler.lr_lambdas[0].total = self.total_steps
             bar.total = self.total_steps
 
