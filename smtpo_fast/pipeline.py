@@ -217,7 +217,15 @@ class Pipeline:
         return self._cache["retriever"]
 
     def candidate_fn(self):
-        retriever, k = self.retriever(), self.config.prompt.num_candidates
+        """Candidates for training turns (SFT traces, RL episodes): the retriever with the training dialogues
+        held out (`DualViewRetriever.hold_out`), so a query carrying a training `dialogue_id` gets the candidates
+        an unseen dialogue would get, not ones picked by co-mentions counted from its own dialogue."""
+        if "training_retriever" not in self._cache:
+            from .retriever.retriever import DualViewRetriever
+
+            self._cache["training_retriever"] = DualViewRetriever.load(
+                self.root / "retriever" / "model", self.catalog()).hold_out(self.turns("train"))
+        retriever, k = self._cache["training_retriever"], self.config.prompt.num_candidates
 
         def candidates(queries):
             return retriever.topk(queries, k)[0]
@@ -302,7 +310,7 @@ class Pipeline:
             SFTTrainer(model, tokenizer, examples, dataclasses.replace(
                 cfg.recommender_sft, output_dir=str(folder), device=cfg.device, seed=cfg.seed)).train()
         self.stage("recommender_sft", [self.keys["base_model"], self.keys["retriever"], asdict(cfg.recommender_sft),
-                                       asdict(cfg.prompt)], recommender_stage)
+                                       asdict(cfg.prompt), "held-out training candidates"], recommender_stage)
 
         rl_runs = {"rl": None, **{f"rl_{a}": a for a in cfg.ablations}}
         for name, ablation in rl_runs.items():

@@ -78,8 +78,15 @@ def test_episode_loop_with_scripted_simulator(world):
 
     sim = ScriptedSimulator()
     cfg = RLConfig(max_turns=3, group_size=2)
-    groups, states = run_episodes([turn], sample_fn, popular_candidates(catalog), sim, catalog, random.Random(0),
+    queries = []
+
+    def candidate_fn(batch):  # records what the retriever is asked
+        queries.extend(batch)
+        return popular_candidates(catalog)(batch)
+    groups, states = run_episodes([turn], sample_fn, candidate_fn, sim, catalog, random.Random(0),
                                   cfg, PromptConfig(num_candidates=5), RewardConfig())
+    # Every turn's query names the episode's training dialogue, which a held-out retriever scores out of fold.
+    assert len(queries) == 2 and all(q["dialogue_id"] == turn["dialogue_id"] for q in queries)
     assert [g.turn for g in groups] == [0, 1]  # stopped once the target was ranked first
     assert len(sim.calls) == 1 and len(sim.calls[0][1][0]) == 2
     assert all(r["recommendation"] == 0.5 for r in groups[0].rewards)

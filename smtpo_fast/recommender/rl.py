@@ -144,7 +144,8 @@ def run_episodes(turns: list[dict], sample_fn: Callable[[list[list[dict]], int],
                  config: RLConfig, prompt: PromptConfig, rewards: RewardConfig,
                  timing: dict | None = None) -> tuple[list[TurnGroup], list[EpisodeState]]:
     """Roll out one episode per turn record (see the module docstring). `sample_fn(prompts, G)` samples answers;
-    `candidate_fn(queries)` ranks candidate ids for `{"context", "context_item_ids", "feedback"}` queries;
+    `candidate_fn(queries)` ranks candidate ids for `{"context", "context_item_ids", "feedback", "dialogue_id"}`
+    queries (the episode's training dialogue, so a held-out retriever can score it out of fold);
     `simulator.respond_batch(dialogues, recommended_lists)` returns `Feedback`s. `timing` accumulates seconds
     under 'rollout', 'retrieval', 'simulator', 'scoring'."""
     timing = timing if timing is not None else {}
@@ -157,7 +158,8 @@ def run_episodes(turns: list[dict], sample_fn: Callable[[list[list[dict]], int],
             break
         start = time.perf_counter()
         queries = [{"context": states[i].context, "context_item_ids": states[i].mentioned,
-                    "feedback": states[i].feedback} for i in active]
+                    "feedback": states[i].feedback, "dialogue_id": states[i].turn.get("dialogue_id")}
+                   for i in active]
         candidate_lists = []
         for i, cands in zip(active, retrieve_candidates(candidate_fn, queries, prompt.num_candidates)):
             target = states[i].turn["new_target_ids"][0]
@@ -268,7 +270,7 @@ class GRPOTrainer:
         for lo in range(0, len(turns), batch):
             chunk = turns[lo:lo + batch]
             queries = [{"context": t["context"], "context_item_ids": t["context_item_ids"],
-                        "feedback": t.get("feedback", "")} for t in chunk]
+                        "feedback": t.get("feedback", ""), "dialogue_id": t.get("dialogue_id")} for t in chunk]
             for t, cands in zip(chunk, retrieve_candidates(self.candidate_fn, queries, self.prompt.num_candidates)):
                 if t["new_target_ids"][0] in cands:
                     keep.append(t)
