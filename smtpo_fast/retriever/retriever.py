@@ -223,9 +223,9 @@ class DualViewRetriever:
         `dialogue_id` is one of them gets its collaborative view from the model of the other folds, with the
         same fold split as `fit`. Without it the full collaborative model has counted each training dialogue's
         own co-mentions, so its candidates for training turns hold the target far more often than for unseen
-        dialogues (ReDial train_sample: Recall@10 0.42 in sample against 0.15 on test_public), and SFT traces or
-        RL episodes built on them teach a recommender to trust the retriever's first candidate more than it
-        should. A no-op with `folds` 1."""
+        dialogues (ReDial, first 800 train_sample turns: Recall@10 0.41 in sample, 0.18 held out; test_public
+        0.15), and SFT traces or RL episodes built on them teach a recommender to trust the retriever's first
+        candidate more than it should. A no-op with `folds` 1."""
         if self.collab is None:
             raise RuntimeError("hold_out needs a fitted or loaded retriever")
         if self.config.folds > 1:
