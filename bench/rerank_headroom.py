@@ -3,9 +3,8 @@ target (the only turns where the LLM recommender's order matters), where do simp
 the target, against the retriever's own order?
 
 - retriever: the fused retriever's order;
-- attribute match: candidates by overlap with what the seeker's words name (genres, people, decades; x2) and with
-  the attributes of the movies the seeker liked so far, retriever order breaking ties -- the signal the reasoning
-  SFT traces teach;
+- attribute match: the order the reasoning SFT traces give the distractors (`traces.match_order`: overlap with
+  what the seeker's words name, counted twice, and with the liked movies' attributes; retriever order on ties);
 - LM: a causal LM's log-prob of each candidate's title as the recommender's next words after the dialogue (sum and
   mean over the title's tokens; the prompt is shared, so each title costs a few tokens on the cached prefix);
 - LM + retriever: the sum of the two ranks (retriever first on ties).
@@ -77,7 +76,8 @@ def main() -> None:
     from smtpo_fast.eval.recommender import static_turns
     from smtpo_fast.pipeline import Pipeline, load_config
     from smtpo_fast.recommender.prompt import attribute_vocabulary, stated_preferences
-    from smtpo_fast.simulator.tasks import TaskConfig, all_item_attributes
+    from smtpo_fast.recommender.traces import MAX_PREFERENCES, match_order
+    from smtpo_fast.simulator.tasks import TaskConfig
 
     pipeline = Pipeline(load_config(args.config, runs_dir=args.runs_dir))
     catalog = pipeline.catalog()
@@ -108,10 +108,9 @@ def main() -> None:
         targets = {k for k, c in enumerate(cands) if c in turn["eval_targets"]}
         base = list(range(len(cands)))
         ranks["retriever"].append(ranks_of(base, targets))
-        wanted, stated = set(turn["liked_attributes"]), set(stated_preferences(turn["context"], vocab))
-        match = [2 * len(all_item_attributes(c, catalog) & stated) + len(all_item_attributes(c, catalog) & wanted)
-                 for c in cands]
-        ranks["attribute match"].append(ranks_of(sorted(base, key=lambda k: (-match[k], k)), targets))
+        matched = match_order(cands, stated_preferences(turn["context"], vocab)[:MAX_PREFERENCES],
+                              turn["liked_attributes"], catalog)
+        ranks["attribute match"].append(ranks_of([cands.index(c) for c in matched], targets))
         if model is not None:
             scores = lm_title_scores(model, tokenizer, turn["context"], cands, catalog, task_config)
             by_sum = sorted(base, key=lambda k: (-scores[k][0], k))

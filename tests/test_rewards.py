@@ -79,3 +79,26 @@ def test_score_answer_total():
     out = score_answer(p, 20, ["id1"], {"genre:b"}, lambda i: attrs.get(i, set()), config=cfg)
     assert out["format"] == 1.0 and out["recommendation"] == 0.5 and out["preference"] == 0.0
     assert out["total"] == pytest.approx(0.2 + 0.5)
+
+
+def test_match_order_ranks_by_stated_then_liked_attributes_ties_in_candidate_order():
+    """The distractor order of the reasoning traces (and of bench/rerank_headroom.py's attribute match)."""
+    from smtpo_fast.data.catalog import Catalog, Item
+    from smtpo_fast.recommender.traces import match_order
+
+    catalog = Catalog([Item("a", "A (1990)", "A", None, genres=["drama"]),
+                       Item("b", "B (1990)", "B", None, genres=["comedy"]),
+                       Item("c", "C (1990)", "C", None, genres=["comedy", "western"]),
+                       Item("d", "D (1990)", "D", None, genres=["western"]),
+                       Item("e", "E (1990)", "E", None, genres=["horror"])])
+    # stated comedy: 2 + 1 each for b and c; liked western: +1 for c and d; a, e: 0, kept in candidate order
+    assert match_order(["a", "b", "c", "d", "e"], ["genre:comedy"], ["genre:western"], catalog) == \
+        ["c", "b", "d", "a", "e"]
+    assert match_order(["e", "a"], [], [], catalog) == ["e", "a"]
+
+
+def test_examples_name_a_known_task():
+    from smtpo_fast.simulator.tasks import _with_answer
+
+    with pytest.raises(ValueError, match="task"):
+        _with_answer([], "x", "guessing")

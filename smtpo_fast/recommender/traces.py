@@ -22,22 +22,36 @@ def candidates_with_target(candidates: list[str], target: str, k: int, rng: rand
     return out
 
 
+MAX_PREFERENCES = 4
+"""Stated preferences a trace names (the first ones the seeker's words give)."""
+
+
+def match_order(candidates: list[str], preferences: list[str], liked_attributes: Iterable[str],
+                catalog: Catalog) -> list[str]:
+    """`candidates` best-matching first, as the traces rank the distractors: by the overlap of each item's
+    attributes with the stated `preferences` (counted twice: the seeker said them) and with those plus the liked
+    movies' attributes (only a hint); ties keep the candidates' order."""
+    stated = set(preferences)
+    wanted = stated | set(liked_attributes)
+
+    def score(c: str) -> int:
+        attrs = all_item_attributes(c, catalog)
+        return 2 * len(attrs & stated) + len(attrs & wanted)
+    return sorted(candidates, key=lambda c: -score(c))  # stable: ties keep the candidates' order
+
+
 def reasoning_answer(candidates: list[str], target: str, preferences: list[str], liked_attributes: Iterable[str],
                      catalog: Catalog, top_n: int = 10, shown_matches: int = 2) -> str:
     """The answer text for a turn whose true target is `target` (see the module docstring)."""
     wanted = set(preferences) | set(liked_attributes)
-    attrs = {c: all_item_attributes(c, catalog) for c in candidates}
     order = {c: k for k, c in enumerate(candidates)}
-    stated = set(preferences)
-    # Stated preferences count double: the seeker said them; liked movies' attributes are only a hint.
-    others = sorted((c for c in candidates if c != target),
-                    key=lambda c: (-2 * len(attrs[c] & stated) - len(attrs[c] & wanted), order[c]))
-    ranked = [target] + others
+    ranked = [target] + match_order([c for c in candidates if c != target], preferences, liked_attributes, catalog)
     matches = []
     for c in ranked[:shown_matches]:
-        hit = sorted(attrs[c] & set(preferences)) or sorted(attrs[c] & wanted)[:2]
+        attrs = all_item_attributes(c, catalog)
+        hit = sorted(attrs & set(preferences)) or sorted(attrs & wanted)[:2]
         if c == target and not hit:
-            hit = sorted(a for a in attrs[c] if a.startswith("genre:"))[:2]
+            hit = sorted(a for a in attrs if a.startswith("genre:"))[:2]
         matches.append((order[c] + 1, hit[:2]))
     explanation = f"[{order[target] + 1}] {display_name(target, catalog)} fits best."
     return format_answer(preferences, matches, [order[c] + 1 for c in ranked[:top_n]], explanation)
@@ -45,7 +59,7 @@ def reasoning_answer(candidates: list[str], target: str, preferences: list[str],
 
 def reasoning_examples(turns: Iterable[dict], catalog: Catalog,
                        candidate_fn: Callable[[list[dict]], list[list[str]]], config: PromptConfig | None = None,
-                       seed: int = 0, max_preferences: int = 4) -> list[dict]:
+                       seed: int = 0, max_preferences: int = MAX_PREFERENCES) -> list[dict]:
     """Chat SFT examples (`{"messages": [...], "dialogue_id", "turn_index", "target"}`), one per turn and target
     item in the catalog. `candidate_fn(turns)` gives each turn's ranked candidate ids (e.g. the retriever's
     top-k)."""

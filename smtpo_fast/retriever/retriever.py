@@ -264,7 +264,7 @@ class DualViewRetriever:
         timing = {"encode_seconds": time.time() - start}
         if cfg.folds < 1:
             raise ValueError(f"folds must be at least 1, got {cfg.folds}")
-        fold_of = fold_assignment(dialogue_ids, cfg.folds, rng)
+        fold_of = fold_assignment(dialogue_ids, cfg.folds, rng)  # rng's first draw: hold_out repeats this split
         pairs = [(r, self.item_index[i]) for r, t in enumerate(turns) for i in t["new_target_ids"]
                  if i in self.item_index and t["context"]]
         if not pairs:

@@ -9,7 +9,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 MODES = ("label_free", "target_aware")
-TASK_NAMES = {"feedback", "attributes", "target", "opening"}
 LABEL_FREE_MODE = MODES[0]
 
 
@@ -67,7 +66,7 @@ def _train(args) -> int:
     from ..models import TinyConfig, build_tiny, corpus_texts, load_model, resolve_model
     from ..train import SFTConfig, SFTTrainer
     from .simulator import save_simulator_card
-    from .tasks import TaskConfig, build_examples
+    from .tasks import TASKS, TaskConfig, build_examples
 
     _set_threads(args)
     recipe = _recipe(args.config, None if args.model else args.preset)
@@ -87,9 +86,9 @@ def _train(args) -> int:
     examples = {m: build_examples(train_files, catalog, m, tasks, max_dialogues=args.max_dialogues) for m in modes}
     if args.tasks:  # e.g. a second stage on the target task alone, from --init-adapter
         keep = {t.strip() for t in args.tasks.split(",") if t.strip()}
-        unknown = sorted(keep - TASK_NAMES)
+        unknown = sorted(keep - set(TASKS))
         if unknown:
-            raise SystemExit(f"--tasks: unknown {unknown}; choose from {sorted(TASK_NAMES)}")
+            raise SystemExit(f"--tasks: unknown {unknown}; choose from {list(TASKS)}")
         examples = {m: [e for e in ex if e["task"] in keep] for m, ex in examples.items()}
         empty = [m for m, ex in examples.items() if not ex]
         if empty:

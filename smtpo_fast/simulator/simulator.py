@@ -61,6 +61,7 @@ class UserSimulator:
         self.generation = generation or GenerationConfig()
         self.tasks = tasks or TaskConfig()
         self.tokenizer.padding_side = "left"
+        self._trie: TitleTrie | None = None
 
     @classmethod
     def load(cls, folder: str | Path, catalog: Catalog | None = None, device: str | None = None,
@@ -148,7 +149,7 @@ class UserSimulator:
 
     def title_trie(self) -> TitleTrie:
         """The token trie of the catalog's titles (built on first use)."""
-        if getattr(self, "_trie", None) is None:
+        if self._trie is None:
             self._trie = TitleTrie.for_catalog(self.tokenizer, self.catalog)
         return self._trie
 

@@ -328,7 +328,13 @@ def opening_prompt(targets: list[str], catalog: Catalog | None, names: dict[str,
             {"role": "user", "content": OPENING_INSTRUCTION}]
 
 
+TASKS = ("feedback", "attributes", "target", "opening")
+"""The `task` of an SFT example: feedback generation, attribute alignment, target prediction, the opening."""
+
+
 def _with_answer(messages: list[dict], answer: str, task: str, **meta) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     return {"messages": messages + [{"role": "assistant", "content": answer}], "task": task, **meta}
 
 
